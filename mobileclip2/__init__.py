@@ -1,0 +1,32 @@
+"""mobileclip2: MobileCLIP and MobileCLIP2 as ordinary OpenCLIP / timm model names.
+
+Installing the distribution is enough: an ``open_clip.plugins`` entry point registers the
+models when ``open_clip`` is imported. This module stays import-light on purpose (it is
+imported at interpreter start by the autoload ``.pth``), so the public API is resolved lazily.
+"""
+
+__version__ = "0.1.0"
+
+_LAZY_API = {
+    "register": ("mobileclip2.plugin", "register"),
+    "list_models": ("mobileclip2.catalog", "list_models"),
+}
+
+__all__ = ["__version__", *_LAZY_API]
+
+
+def __getattr__(name: str):
+    """Import public functions on first use, keeping ``import mobileclip2`` free of torch."""
+    try:
+        module_name, attr = _LAZY_API[name]
+    except KeyError:
+        raise AttributeError(f"module 'mobileclip2' has no attribute {name!r}") from None
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,3 @@
+"""placeholder"""
+import sys
+print("autoload-armed", file=sys.stderr)

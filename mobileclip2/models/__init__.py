@@ -1,0 +1,1 @@
+"""Model families that upstream timm/open_clip may lack: one module per family."""

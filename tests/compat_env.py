@@ -1,0 +1,72 @@
+"""Other open_clip/timm versions for tests, installed beside the one shared torch.
+
+`pip install --no-deps --target DIR open_clip_torch==X timm==Y` gives a directory that, put first
+on PYTHONPATH, shadows the site-packages copies while reusing torch, torchvision and every
+other dependency. Directories are cached under `.cache/compat/` in the repository so that
+repeated runs (and the matrix tool) install each pair once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CACHE_ROOT = Path(os.environ.get("MOBILECLIP2_COMPAT_CACHE", REPO_ROOT / ".cache" / "compat"))
+
+OLDEST_PAIR = ("2.24.0", "0.9.16")
+NEWEST_PAIR = ("3.3.0", "1.0.31")
+
+
+def pair_dir(open_clip_version: str, timm_version: str) -> Path:
+    return CACHE_ROOT / f"open_clip-{open_clip_version}_timm-{timm_version}"
+
+
+def ensure_pair(open_clip_version: str, timm_version: str) -> Path:
+    """Install the pair into its cache directory once (file-locked for parallel callers)."""
+    target = pair_dir(open_clip_version, timm_version)
+    marker = target / ".installed"
+    if marker.exists():
+        return target
+    CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_ROOT / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not marker.exists():
+            subprocess.run(
+                [
+                    sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+                    f"open_clip_torch=={open_clip_version}", f"timm=={timm_version}",
+                ],
+                check=True,
+            )
+            marker.write_text(json.dumps({"open_clip": open_clip_version, "timm": timm_version}))
+    return target
+
+
+def env_for(target: Path | None, **extra: str) -> dict[str, str]:
+    """Environment for a subprocess that sees `target` before site-packages."""
+    env = dict(os.environ)
+    paths = [str(REPO_ROOT)]
+    if target is not None:
+        paths.insert(0, str(target))
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.update(extra)
+    return env
+
+
+def run_python(target: Path | None, args: list[str], timeout: float = 900, **extra_env: str):
+    """Run `python args...` with the pair at `target` first on the path; returns CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, *args],
+        env=env_for(target, **extra_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(REPO_ROOT),
+    )
