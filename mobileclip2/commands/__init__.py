@@ -1,0 +1,1 @@
+"""One module per `mobileclip2` subcommand (see mobileclip2.cli)."""

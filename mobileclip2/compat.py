@@ -1,0 +1,293 @@
+"""The one module that touches open_clip / timm internals.
+
+Everything else in the package goes through the functions here. Each function names the
+upstream versions it was written against and checked on (open_clip_torch 2.24.0 - 3.3.0,
+timm 0.9.16 - 1.0.31, see docs/compatibility.md), prefers feature detection over version
+strings, and is idempotent: calling it twice changes nothing. Wrappers keep the wrapped
+function reachable as ``__wrapped__`` and never change a successful call's result; they only
+turn failures into errors that say what to do (mobileclip2.errors) or, for Apple V1
+checkpoints, convert the state_dict on the way in.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import (
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    UnknownModelError,
+    UnknownPretrainedTagError,
+    WeightsUnavailableError,
+)
+
+_WRAPPED_MARK = "__mobileclip2_wrapper__"
+
+
+def open_clip_version() -> str:
+    """Installed open_clip version; `open_clip.__version__` only exists from 2.25 on."""
+    from open_clip.version import __version__
+
+    return __version__
+
+
+def _already_wrapped(fn: Callable) -> bool:
+    return getattr(fn, _WRAPPED_MARK, False)
+
+
+def _mark_wrapper(wrapper: Callable, wrapped: Callable) -> Callable:
+    functools.update_wrapper(wrapper, wrapped)
+    setattr(wrapper, _WRAPPED_MARK, True)
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------------
+# Model configs. open_clip 2.24.0-3.3.0 keep them in factory._MODEL_CONFIGS (name -> dict),
+# rebuilt from factory._MODEL_CONFIG_PATHS by _rescan_model_configs(). The public
+# add_model_config(path) rescans every file on each call and lets a later file override a
+# native name, so we add single files for missing names only and insert them directly.
+# ---------------------------------------------------------------------------------------------
+
+
+def native_model_config_names() -> set[str]:
+    """Names open_clip's own config directory defines (ignoring anything added at runtime)."""
+    from open_clip import factory
+
+    native_dir = Path(factory.__file__).parent / "model_configs"
+    return {path.stem for path in native_dir.glob("*.json")}
+
+
+def add_model_config_files(files: Iterable[Path], replace: bool = False) -> list[str]:
+    """Register each JSON config whose name open_clip does not know yet; returns names added.
+
+    ``replace=True`` overrides native names too; it exists for equivalence tests and debugging
+    (``register(force_backfill=True)``), never for normal use.
+    """
+    from open_clip import factory
+
+    added = []
+    for path in files:
+        path = Path(path)
+        if path.stem in factory._MODEL_CONFIGS and not replace:
+            continue
+        config = json.loads(path.read_text(encoding="utf-8"))
+        factory._MODEL_CONFIG_PATHS.append(path)  # survives a later _rescan_model_configs()
+        factory._MODEL_CONFIGS[path.stem] = config
+        added.append(path.stem)
+    if added:
+        ordered = sorted(factory._MODEL_CONFIGS.items(), key=lambda item: factory._natural_key(item[0]))
+        factory._MODEL_CONFIGS.clear()
+        factory._MODEL_CONFIGS.update(ordered)
+    return added
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretrained tags. open_clip 2.24.0-3.3.0: pretrained._PRETRAINED (name -> tag -> cfg dict).
+# ---------------------------------------------------------------------------------------------
+
+
+def add_pretrained_cfgs(
+    table: Mapping[str, Mapping[str, Mapping[str, Any]]], replace: bool = False
+) -> list[tuple[str, str]]:
+    """Add (model, tag) entries open_clip lacks; native entries are kept unless ``replace``."""
+    from open_clip import pretrained
+
+    added = []
+    for model_name, tags in table.items():
+        known = pretrained._PRETRAINED.setdefault(model_name, {})
+        for tag, cfg in tags.items():
+            if tag not in known or replace:
+                known[tag] = dict(cfg)
+                added.append((model_name, tag))
+    return added
+
+
+def native_pretrained_tags(model_name: str) -> list[str]:
+    from open_clip import pretrained
+
+    return list(pretrained._PRETRAINED.get(model_name, {}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Text towers. open_clip 2.24.0-3.3.0 build the text tower of CLIP / CustomTextCLIP through the
+# module-level function model._build_text_tower(embed_dim, text_cfg, quick_gelu, cast_dtype),
+# which only knows its own TextTransformer and HF models, and passes text_cfg through
+# CLIPTextCfg(**text_cfg) (unknown keys are a TypeError). A config selects one of our towers with
+# the key TEXT_TOWER_KEY; the wrapper routes such configs to the registered builder.
+# ---------------------------------------------------------------------------------------------
+
+TEXT_TOWER_KEY = "text_tower"
+_TEXT_TOWER_BUILDERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_text_tower(kind: str, builder: Callable[..., Any]) -> None:
+    """Make ``text_cfg = {"text_tower": kind, ...}`` build with ``builder(embed_dim, text_cfg, quick_gelu, cast_dtype)``."""
+    from open_clip import model as open_clip_model
+
+    _TEXT_TOWER_BUILDERS[kind] = builder
+    original = open_clip_model._build_text_tower
+    if _already_wrapped(original):
+        return
+
+    def _build_text_tower(embed_dim, text_cfg, quick_gelu=False, cast_dtype=None):
+        kind = text_cfg.get(TEXT_TOWER_KEY) if isinstance(text_cfg, Mapping) else None
+        if kind is None:
+            return original(embed_dim, text_cfg, quick_gelu, cast_dtype)
+        if kind not in _TEXT_TOWER_BUILDERS:
+            raise ValueError(
+                f"text_cfg asks for text tower {kind!r}, but only {sorted(_TEXT_TOWER_BUILDERS)} are registered"
+            )
+        return _TEXT_TOWER_BUILDERS[kind](embed_dim, dict(text_cfg), quick_gelu, cast_dtype)
+
+    open_clip_model._build_text_tower = _mark_wrapper(_build_text_tower, original)
+
+
+# ---------------------------------------------------------------------------------------------
+# Factory hooks (open_clip 2.24.0-3.3.0). create_model/create_model_and_transforms call the
+# module-level names factory.create_model, factory.download_pretrained, factory.load_checkpoint
+# and factory.load_state_dict, so replacing those attributes covers every public entry point
+# (including open_clip_train). open_clip/__init__ re-exports create_model, so that alias is
+# replaced too.
+# ---------------------------------------------------------------------------------------------
+
+StateDictConverter = Callable[[dict], dict]
+_STATE_DICT_CONVERTERS: list[StateDictConverter] = []
+
+
+def add_state_dict_converter(converter: StateDictConverter) -> None:
+    """Run `converter` on every state_dict open_clip reads (it returns its input when not applicable)."""
+    if converter not in _STATE_DICT_CONVERTERS:
+        _STATE_DICT_CONVERTERS.append(converter)
+
+
+def _schema_of(model_name: str) -> str | None:
+    for prefix in ("hf-hub:", "local-dir:"):
+        if model_name.startswith(prefix):
+            return prefix
+    return None
+
+
+def _check_model_and_tag(model_name: str, pretrained: str | None) -> None:
+    """Raise the clear error open_clip would otherwise raise in a less helpful form."""
+    from open_clip import factory
+    from open_clip import pretrained as open_clip_pretrained
+
+    if _schema_of(model_name):
+        return
+    name = model_name.replace("/", "-")
+    if factory.get_model_config(name) is None:
+        raise UnknownModelError(model_name, factory.list_models())
+    if not pretrained or pretrained.lower() == "openai" or os.path.isfile(pretrained):
+        return
+    if not open_clip_pretrained.is_pretrained_cfg(name, pretrained):
+        raise UnknownPretrainedTagError(name, pretrained, open_clip_pretrained.list_pretrained_tags_by_model(name))
+
+
+def _weights_error_in_chain(error: BaseException) -> WeightsUnavailableError | None:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, WeightsUnavailableError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _wrap_create_model(original: Callable) -> Callable:
+    def create_model(model_name, pretrained=None, *args, **kwargs):
+        _check_model_and_tag(model_name, pretrained)
+        try:
+            return original(model_name, pretrained, *args, **kwargs)
+        except RuntimeError as error:
+            # open_clip >= 2.32 re-raises download failures as a bare RuntimeError; surface ours.
+            weights_error = _weights_error_in_chain(error)
+            if weights_error is not None and weights_error is not error:
+                raise weights_error from None
+            raise
+
+    return _mark_wrapper(create_model, original)
+
+
+def _describe_source(cfg: Mapping[str, Any]) -> str:
+    if cfg.get("hf_hub"):
+        from .pretrained import hub_location
+
+        return "hf://" + "/".join(hub_location(cfg))
+    return cfg.get("url") or cfg.get("file") or str(dict(cfg))
+
+
+def _wrap_download_pretrained(original: Callable) -> Callable:
+    def download_pretrained(cfg, *args, **kwargs):
+        try:
+            return original(cfg, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - any failure here means "weights not obtainable"
+            raise WeightsUnavailableError(_describe_source(cfg or {}), error, offline=_hub_offline()) from error
+
+    return _mark_wrapper(download_pretrained, original)
+
+
+def _wrap_load_state_dict(original: Callable) -> Callable:
+    def load_state_dict(checkpoint_path, *args, **kwargs):
+        if not os.path.isfile(checkpoint_path):
+            raise FileNotFoundError(f"checkpoint file not found: {checkpoint_path!r}")
+        try:
+            state_dict = original(checkpoint_path, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - a reader failure means the file is unusable
+            raise CorruptCheckpointError(str(checkpoint_path), error) from error
+        if not isinstance(state_dict, dict) or not state_dict:
+            raise CorruptCheckpointError(str(checkpoint_path), TypeError("no tensors found in the file"))
+        for converter in _STATE_DICT_CONVERTERS:
+            state_dict = converter(state_dict)
+        return state_dict
+
+    return _mark_wrapper(load_state_dict, original)
+
+
+def _wrap_load_checkpoint(original: Callable) -> Callable:
+    def load_checkpoint(model, checkpoint_path, *args, **kwargs):
+        try:
+            return original(model, checkpoint_path, *args, **kwargs)
+        except RuntimeError as error:
+            if "Error(s) in loading state_dict" not in str(error):
+                raise
+            from open_clip import factory
+
+            from .checkpoints import summarize_mismatch
+
+            state_dict = factory.load_state_dict(checkpoint_path)
+            convert = getattr(factory, "convert_state_dict", None)  # open_clip >= 2.26.1
+            if convert is not None:
+                state_dict = convert(model, state_dict)
+            summary = summarize_mismatch(model.state_dict(), state_dict, source=f"checkpoint {str(checkpoint_path)!r}")
+            raise CheckpointMismatchError(summary) from error
+
+    return _mark_wrapper(load_checkpoint, original)
+
+
+def install_factory_hooks() -> None:
+    """Clear errors for bad names/tags/files/downloads, and state_dict conversion on load."""
+    import open_clip
+    from open_clip import factory
+
+    wrappers = {
+        "create_model": _wrap_create_model,
+        "download_pretrained": _wrap_download_pretrained,
+        "load_state_dict": _wrap_load_state_dict,
+        "load_checkpoint": _wrap_load_checkpoint,
+    }
+    for attr, make_wrapper in wrappers.items():
+        original = getattr(factory, attr)
+        if not _already_wrapped(original):
+            setattr(factory, attr, make_wrapper(original))
+    for attr in ("create_model", "load_checkpoint"):
+        if hasattr(open_clip, attr):
+            setattr(open_clip, attr, getattr(factory, attr))

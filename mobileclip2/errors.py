@@ -1,0 +1,86 @@
+"""Exceptions that say what went wrong and what to do next.
+
+Every class subclasses the exception type open_clip itself raises in the same situation
+(mostly ``RuntimeError``), so existing ``except RuntimeError`` code keeps working while the
+message gets better.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def close_matches(word: str, candidates: Iterable[str], limit: int = 5) -> list[str]:
+    """Candidates that look like `word`, case-insensitively, best first."""
+    by_lower = {}
+    for candidate in candidates:
+        by_lower.setdefault(candidate.lower(), candidate)
+    hits = difflib.get_close_matches(word.lower(), list(by_lower), n=limit, cutoff=0.6)
+    return [by_lower[hit] for hit in hits]
+
+
+class MobileCLIP2Error(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class UnknownModelError(MobileCLIP2Error, RuntimeError):
+    def __init__(self, name: str, known: Iterable[str]):
+        self.name = name
+        self.suggestions = close_matches(name, known)
+        hint = f" Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
+        super().__init__(
+            f"Unknown model name {name!r}.{hint} "
+            "`open_clip.list_models()` lists every name; `mobileclip2 list` lists the MobileCLIP ones."
+        )
+
+
+class UnknownPretrainedTagError(MobileCLIP2Error, RuntimeError):
+    def __init__(self, model_name: str, tag: str, valid_tags: Iterable[str]):
+        self.model_name = model_name
+        self.tag = tag
+        self.valid_tags = sorted(valid_tags)
+        valid = ", ".join(repr(t) for t in self.valid_tags) or "none"
+        super().__init__(
+            f"{tag!r} is neither a pretrained tag of {model_name!r} nor an existing file. "
+            f"Valid tags for {model_name!r}: {valid}. To load your own weights, pass the path of a "
+            "local checkpoint file (.pt, .pth, .bin or .safetensors) as `pretrained`."
+        )
+
+
+def _download_hint(source: str) -> str:
+    if not source.startswith("hf://"):
+        return f" ({source})"
+    repo_file = source[len("hf://") :]
+    repo, _, filename = repo_file.rpartition("/")
+    return f" (`hf download {repo} {filename}`)"
+
+
+class WeightsUnavailableError(MobileCLIP2Error, RuntimeError):
+    def __init__(self, source: str, cause: BaseException, offline: bool):
+        self.source = source
+        mode = "HF_HUB_OFFLINE is set and the file is not in the local Hugging Face cache" if offline else (
+            "the Hugging Face Hub could not be reached and the file is not in the local cache"
+        )
+        super().__init__(
+            f"Could not fetch pretrained weights {source!r}: {mode} ({type(cause).__name__}: {cause}). "
+            f"Download it on a connected machine{_download_hint(source)}, then pass its path as "
+            "`pretrained='/path/to/file'`, or point HF_HUB_CACHE at a copy of a Hugging Face cache that holds it."
+        )
+
+
+class CorruptCheckpointError(MobileCLIP2Error, RuntimeError):
+    def __init__(self, path: str, cause: BaseException):
+        self.path = path
+        super().__init__(
+            f"{path!r} could not be read as a model checkpoint ({type(cause).__name__}: {cause}). "
+            "It may be truncated (an interrupted download) or not a PyTorch/safetensors file: "
+            "download it again or check the path."
+        )
+
+
+class CheckpointMismatchError(MobileCLIP2Error, RuntimeError):
+    """The checkpoint's tensors do not fit the model that was built."""
+
+    def __init__(self, summary: str):
+        super().__init__(summary)

@@ -1,0 +1,220 @@
+"""ViT-B with a convolutional stem: the MobileCLIP-B and MobileCLIP2-B image encoder ``vit_base_mci_224``.
+
+Papers:
+    * `An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale`
+      - https://arxiv.org/abs/2010.11929
+    * `MobileCLIP: Fast Image-Text Models through Multi-Modal Reinforced Training`
+      - https://arxiv.org/abs/2311.17049
+    * `MobileCLIP2: Improving Multi-Modal Reinforced Training` - https://arxiv.org/abs/2508.20691
+
+Source: written to be interchangeable with ``vit_base_mci_224`` of timm 1.0.31
+(``timm/models/vision_transformer_hybrid.py``, Apache-2.0, Ross Wightman). The pretrained weights are
+under Apple's ``apple-amlr`` licence, as each pretrained cfg's ``license`` says.
+
+Why this file exists: timm 0.9 has no ``vit_base_mci_224``, and its ``HybridEmbed`` cannot skip the
+projection conv that this model does without. The transformer is the installed timm's own
+``VisionTransformer``; only the patch embedding is ours, with timm 1.0.31's module names and state_dict
+keys (``patch_embed.backbone.{0,1,2}...``, no projection), so one checkpoint loads into either. Nothing is
+registered on import: ``mobileclip2.plugin`` registers ``BACKBONES`` for names the installed timm lacks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.layers import ConvNormAct, Format, nchw_to, to_2tuple
+from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import checkpoint_filter_fn as _vit_checkpoint_filter_fn
+
+# A list, not a tuple: timm's ``register_model`` appends each registered name to it.
+__all__ = ["ConvStemEmbed", "BACKBONES"]
+
+
+class _StemOutConv(nn.Module):
+    """Last stem conv, with bias and no norm/act; the empty ``bn`` keeps timm's ``ConvNormAct`` paths."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=0, bias=True)
+        self.bn = nn.Sequential()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class ConvStemEmbed(nn.Module):
+    """Patch embedding by a conv stem (4x4/4, 2x2/2, 2x2/2; BN+GELU between) whose output are the tokens.
+
+    A drop-in ``embed_layer`` for timm's ``VisionTransformer`` on timm 0.9.16 and 1.0.x alike, with the
+    attributes and methods the transformer asks of its patch embedding (``num_patches``, ``grid_size``,
+    ``feat_ratio()``, ``dynamic_feat_size()``, ``set_input_size()``). The stem replaces the projection,
+    so ``patch_size`` must be 1 and ``proj`` is an identity (kept only so module paths match timm's).
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int | tuple[int, int] = 1,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        bias: bool = True,
+        flatten: bool = True,
+        output_fmt: str | None = None,
+        strict_img_size: bool = True,
+        dynamic_img_pad: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if to_2tuple(patch_size) != (1, 1):
+            raise ValueError(
+                f"the conv stem emits the tokens itself (no projection): patch_size must be 1, got {patch_size}"
+            )
+        self.in_chans = in_chans
+        # "gelu" by name: timm 0.9's BatchNormAct2d passes inplace= to its act, which nn.GELU rejects.
+        self.backbone = nn.Sequential(
+            ConvNormAct(in_chans, embed_dim // 4, kernel_size=4, stride=4, padding=0, act_layer="gelu"),
+            ConvNormAct(embed_dim // 4, embed_dim // 4, kernel_size=2, stride=2, padding=0, act_layer="gelu"),
+            _StemOutConv(embed_dim // 4, embed_dim, kernel_size=2, stride=2),
+        )
+        self.proj = nn.Identity()
+        self.patch_size = (1, 1)
+        self.feature_dim = embed_dim
+        self.set_input_size(img_size)
+        if output_fmt is not None:
+            self.flatten = False
+            self.output_fmt = Format(output_fmt)
+        else:
+            self.flatten = flatten
+            self.output_fmt = Format.NCHW
+        # Stored for API parity; with one token per stem output pixel there is nothing to check or pad.
+        self.strict_img_size = strict_img_size
+        self.dynamic_img_pad = dynamic_img_pad
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
+
+    def _stem_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        """Output size of the stem, from its convs' geometry (no forward pass, so meta init works)."""
+        h, w = img_size
+        for m in self.backbone.modules():
+            if isinstance(m, nn.Conv2d):
+                h, w = (
+                    (size + 2 * p - d * (k - 1) - 1) // s + 1
+                    for size, p, d, k, s in zip((h, w), m.padding, m.dilation, m.kernel_size, m.stride)
+                )
+        return h, w
+
+    def set_input_size(
+        self,
+        img_size: int | tuple[int, int] | None = None,
+        patch_size: int | tuple[int, int] | None = None,
+    ) -> None:
+        """Recompute the token grid for a new image size (called by ``VisionTransformer.set_input_size``)."""
+        if patch_size is not None and to_2tuple(patch_size) != (1, 1):
+            raise ValueError("ConvStemEmbed has no projection to resample: patch_size must stay 1")
+        if img_size is not None:
+            self.img_size = to_2tuple(img_size)
+        self.feature_size = self._stem_size(self.img_size)
+        self.feature_ratio = tuple(s // f for s, f in zip(self.img_size, self.feature_size))
+        self.grid_size = self.feature_size
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+
+    def feat_ratio(self, as_scalar: bool = True) -> int | tuple[int, int]:
+        return max(self.feature_ratio) if as_scalar else self.feature_ratio
+
+    def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        return img_size[0] // self.feature_ratio[0], img_size[1] // self.feature_ratio[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(self.backbone(x))
+        if self.flatten:
+            return x.flatten(2).transpose(1, 2)  # NCHW -> NLC
+        if self.output_fmt != Format.NCHW:
+            return nchw_to(x, self.output_fmt)
+        return x
+
+
+def _cfg(url: str = "", **kwargs) -> dict:
+    return {
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 0.9,
+        "interpolation": "bicubic",
+        "fixed_input_size": True,
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "first_conv": "patch_embed.backbone.stem.conv",
+        "classifier": "head",
+        "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+# The order of tags matters: the first tag with weights is the name's default (as in timm 1.0.31).
+_CLIP = dict(
+    num_classes=512,
+    mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0),
+    first_conv="patch_embed.backbone.0.conv",
+    license="apple-amlr",
+)
+_APPLE_URL = "https://docs-assets.developer.apple.com/ml-research/datasets/mobileclip/"
+
+default_cfgs = generate_default_cfgs(
+    {
+        "vit_base_mci_224.apple_mclip_lt": _cfg(
+            hf_hub_id="apple/mobileclip_b_lt_timm", url=_APPLE_URL + "mobileclip_blt.pt", **_CLIP
+        ),
+        "vit_base_mci_224.apple_mclip": _cfg(
+            hf_hub_id="apple/mobileclip_b_timm", url=_APPLE_URL + "mobileclip_b.pt", **_CLIP
+        ),
+        "vit_base_mci_224.apple_mclip2_dfndr2b": _cfg(hf_hub_id="timm/", **_CLIP),
+    }
+)
+
+
+_APPLE_SENTINEL = "image_encoder.model.patch_emb.0.block.conv.weight"
+
+
+def checkpoint_filter_fn(
+    state_dict: dict[str, torch.Tensor],
+    model: VisionTransformer,
+    interpolation: str = "bicubic",
+    antialias: bool = True,
+) -> dict[str, torch.Tensor]:
+    """timm's ViT filter (OpenCLIP trunk prefixes, position-embedding resize); Apple's layout is refused."""
+    if _APPLE_SENTINEL in state_dict:
+        raise ValueError(
+            "Checkpoint is in Apple's original MobileCLIP layout, which the backfilled vit_base_mci_224 does "
+            "not load: convert it first (mobileclip2.convert), or load the timm hf-hub weights."
+        )
+    return _vit_checkpoint_filter_fn(state_dict, model, interpolation=interpolation, antialias=antialias)
+
+
+def _create_vit_mci(variant: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
+    out_indices = kwargs.pop("out_indices", 3)
+    if kwargs.get("features_only") and not hasattr(VisionTransformer, "forward_intermediates"):
+        raise RuntimeError("features_only needs a timm whose VisionTransformer has forward_intermediates")
+    kwargs.setdefault("embed_layer", ConvStemEmbed)
+    kwargs.setdefault("patch_size", 1)
+    return build_model_with_cfg(
+        VisionTransformer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+def vit_base_mci_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """MobileCLIP-B / MobileCLIP2-B image encoder: ViT-B/16 whose patchify is a conv stem."""
+    model_args = dict(embed_dim=768, depth=12, num_heads=12, no_embed_class=True)
+    return _create_vit_mci("vit_base_mci_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+# Undecorated on purpose: registering at import would shadow timm's own definition.
+BACKBONES = (vit_base_mci_224,)

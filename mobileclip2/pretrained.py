@@ -1,0 +1,47 @@
+"""The pretrained-tag table: which weights each MobileCLIP name can load, and how to preprocess.
+
+The table itself is data (``data/pretrained.json``); this module only expands presets and
+answers questions about it. It imports nothing heavy so the plugin can read it cheaply.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from typing import Any
+
+# open_clip's default weight file names inside an 'org/repo/' Hub entry (open_clip.constants).
+HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
+HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
+
+
+def _expand(entry: dict[str, Any], presets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Preset values, overridden by the entry's own keys; lists become tuples like open_clip's."""
+    entry = dict(entry)
+    merged = dict(presets[entry.pop("preset")]) if "preset" in entry else {}
+    merged.update(entry)
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in merged.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def pretrained_table() -> dict[str, dict[str, dict[str, Any]]]:
+    """Model name -> tag -> open_clip pretrained cfg (url, hf_hub, mean, std, interpolation, resize_mode)."""
+    raw = json.loads(resources.files("mobileclip2").joinpath("data/pretrained.json").read_text("utf-8"))
+    presets = raw["presets"]
+    return {
+        model: {tag: _expand(entry, presets) for tag, entry in tags.items()}
+        for model, tags in raw["models"].items()
+    }
+
+
+def tags_for(model_name: str) -> list[str]:
+    return list(pretrained_table().get(model_name, {}))
+
+
+def hub_location(cfg: dict[str, Any]) -> tuple[str, str]:
+    """(repo_id, filename) the cfg downloads from, with open_clip's default name for 'org/repo/'."""
+    repo_id, _, filename = cfg["hf_hub"].rstrip().rpartition("/")
+    if not filename:  # 'org/repo/' form
+        repo_id, filename = cfg["hf_hub"].rstrip("/"), HF_WEIGHTS_NAME
+    return repo_id, filename

@@ -1,0 +1,57 @@
+"""A Hugging Face Hub cache on disk, filled with files the tests generate.
+
+No machine here reaches the Hub, but the real download path (open_clip -> huggingface_hub ->
+cache) must still be exercised. huggingface_hub resolves `hf_hub_download(repo, file)` from
+`<cache>/models--<org>--<name>/refs/main` + `snapshots/<commit>/<file>` when HF_HUB_OFFLINE=1,
+so writing that layout makes a pretrained tag load exactly the tensors we put there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+FAKE_COMMIT = hashlib.sha1(b"mobileclip2 test snapshot").hexdigest()
+
+
+def snapshot_dir(cache_dir: Path, repo_id: str) -> Path:
+    repo_dir = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(FAKE_COMMIT)
+    snapshot = repo_dir / "snapshots" / FAKE_COMMIT
+    snapshot.mkdir(parents=True, exist_ok=True)
+    return snapshot
+
+
+def place_file(cache_dir: Path, repo_id: str, filename: str, source: Path) -> Path:
+    """Put `source` into the cache as `repo_id/filename` (hard link when possible)."""
+    target = snapshot_dir(cache_dir, repo_id) / filename
+    if target.exists():
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    return target
+
+
+def write_state_dict(cache_dir: Path, repo_id: str, filename: str, state_dict: dict) -> Path:
+    """Serialize `state_dict` as the file type its name implies (safetensors or torch pickle)."""
+    target = snapshot_dir(cache_dir, repo_id) / filename
+    tensors = {key: value.detach().contiguous().clone() for key, value in state_dict.items()}
+    if filename.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(target))
+    else:
+        torch.save(tensors, target)
+    return target
+
+
+def offline_env(cache_dir: Path) -> dict[str, str]:
+    """Environment for a subprocess that must resolve Hub files from `cache_dir` only."""
+    return {"HF_HUB_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "HF_HOME": str(Path(cache_dir).parent / "hf_home")}

@@ -1,0 +1,148 @@
+"""Pretrained tags load exactly the tensors in the (offline) Hugging Face cache, with the tag's
+preprocessing; local files load too; and every way of asking for weights that cannot be had
+fails with a clear error instead of a randomly initialised model."""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+from compat_env import run_python
+from hub_cache import offline_env, write_state_dict
+
+from mobileclip2.errors import (
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    UnknownModelError,
+    UnknownPretrainedTagError,
+)
+
+
+@pytest.fixture(scope="module")
+def s0_state():
+    torch.manual_seed(1)
+    return open_clip.create_model("MobileCLIP2-S0").state_dict()
+
+
+def _load_in_subprocess(tmp_path, cache, name, pretrained) -> tuple[dict, dict | None]:
+    out = tmp_path / f"{name}-{pretrained.replace('/', '_')}"
+    out.mkdir()
+    proc = run_python(None, ["tests/scripts/load_tag_worker.py", name, pretrained, str(out)], **offline_env(cache))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    state = torch.load(out / "state.pt", weights_only=True) if (out / "state.pt").exists() else None
+    return result, state
+
+
+def _assert_same_tensors(loaded: dict, expected: dict) -> None:
+    assert loaded is not None
+    assert sorted(loaded) == sorted(expected)
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
+
+
+@pytest.mark.parametrize(
+    "name, tag, filename",
+    [
+        # open_clip 3.3 prefers the safetensors file of an 'org/repo/' entry...
+        ("MobileCLIP2-S0", "dfndr2b", "open_clip_model.safetensors"),
+        # ...and falls back to the .bin name; MobileCLIP-S1/B entries are 'apple/...-OpenCLIP/'.
+        ("MobileCLIP-S1", "datacompdr", "open_clip_pytorch_model.bin"),
+        ("MobileCLIP-B", "datacompdr_lt", "open_clip_pytorch_model.bin"),
+    ],
+)
+def test_tag_loads_exactly_the_cached_tensors(tmp_path, name, tag, filename):
+    from mobileclip2.pretrained import hub_location
+
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    repo_id, _ = hub_location(cfg)
+    torch.manual_seed(2)
+    expected = open_clip.create_model(name).state_dict()
+    expected = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in expected.items()}
+    cache = tmp_path / "hub"
+    write_state_dict(cache, repo_id, filename, expected)
+
+    result, loaded = _load_in_subprocess(tmp_path, cache, name, tag)
+    assert "error" not in result, result
+    _assert_same_tensors(loaded, expected)
+    pp = result["preprocess_cfg"]
+    assert pp["mean"] == list(cfg["mean"]) and pp["std"] == list(cfg["std"])
+    assert pp["interpolation"] == cfg["interpolation"] and pp["resize_mode"] == cfg["resize_mode"]
+    assert pp["size"] in (256, [256, 256]) if name != "MobileCLIP-B" else pp["size"] in (224, [224, 224])
+
+
+def test_missing_from_offline_cache_is_a_clear_error(tmp_path):
+    result, state = _load_in_subprocess(tmp_path, tmp_path / "empty-hub", "MobileCLIP2-S0", "dfndr2b")
+    assert state is None
+    assert result["error_type"] == "WeightsUnavailableError" and result["is_runtime_error"]
+    assert "HF_HUB_OFFLINE is set" in result["error"]
+    assert "hf download timm/MobileCLIP2-S0-OpenCLIP open_clip_pytorch_model.bin" in result["error"]
+    assert "pretrained='/path/to/file'" in result["error"]
+
+
+def test_local_file_loads_exactly(tmp_path, s0_state):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "my_s0.safetensors"
+    save_file({k: v.contiguous() for k, v in s0_state.items()}, str(path))
+    model = open_clip.create_model("MobileCLIP2-S0", pretrained=str(path))
+    _assert_same_tensors(model.state_dict(), s0_state)
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(UnknownModelError) as info:
+        open_clip.create_model_and_transforms("MobileCLIP2-SO", pretrained="dfndr2b")
+    assert "MobileCLIP2-S0" in info.value.suggestions
+    assert isinstance(info.value, RuntimeError)  # what open_clip raises for this, so old handlers still work
+
+
+def test_unknown_tag_lists_valid_tags():
+    with pytest.raises(UnknownPretrainedTagError) as info:
+        open_clip.create_model("MobileCLIP-B", pretrained="datacomp_lt")
+    assert info.value.valid_tags == ["datacompdr", "datacompdr_lt"]
+    assert "'datacompdr', 'datacompdr_lt'" in str(info.value)
+
+
+def test_nonexistent_path_is_not_silently_ignored():
+    with pytest.raises(UnknownPretrainedTagError, match="neither a pretrained tag"):
+        open_clip.create_model("MobileCLIP2-S0", pretrained="/no/such/checkpoint.pt")
+
+
+def test_checkpoint_of_another_model_is_summarized(tmp_path, s0_state):
+    path = tmp_path / "s0.pt"
+    torch.save(s0_state, path)
+    with pytest.raises(CheckpointMismatchError) as info:
+        open_clip.create_model("MobileCLIP2-S2", pretrained=str(path))
+    message = str(info.value)
+    assert "detected format: OpenCLIP state_dict (timm image tower)" in message
+    # MCi2 (S2) has more blocks and wider stages than MCi0 (S0): missing blocks and shape changes.
+    assert "788 missing, 0 unexpected, 669 mis-shaped of 1722 model tensors" in message
+    assert "visual.trunk.final_conv.conv_kxk.0.bn.bias: checkpoint (1024,) vs model (1280,)" in message
+    assert len(message) < 2000  # a summary, not torch's list of every key
+
+
+def test_checkpoint_with_missing_keys_is_summarized(tmp_path, s0_state):
+    path = tmp_path / "s0_image_only.pt"
+    torch.save({k: v for k, v in s0_state.items() if k.startswith("visual.")}, path)
+    with pytest.raises(CheckpointMismatchError, match=r"\d+ missing, 0 unexpected, 0 mis-shaped") as info:
+        open_clip.create_model("MobileCLIP2-S0", pretrained=str(path))
+    assert "Missing: text." in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all\n", b"PK\x03\x04truncated-zip"])
+def test_corrupt_or_foreign_file_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    with pytest.raises(CorruptCheckpointError, match="could not be read as a model checkpoint"):
+        open_clip.create_model("MobileCLIP2-S0", pretrained=str(path))
+
+
+def test_truncated_download_is_a_clear_error(tmp_path, s0_state):
+    full = tmp_path / "full.pt"
+    torch.save(s0_state, full)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(CorruptCheckpointError, match="truncated"):
+        open_clip.create_model("MobileCLIP2-S0", pretrained=str(truncated))
