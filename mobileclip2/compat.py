@@ -66,20 +66,26 @@ def add_model_config_files(files: Iterable[Path], replace: bool = False) -> list
     """Register each JSON config whose name open_clip does not know yet; returns names added.
 
     ``replace=True`` overrides native names too; it exists for equivalence tests and debugging
-    (``register(force_backfill=True)``), never for normal use.
+    (``register(force_backfill=True)``), never for normal use. An open_clip carrying our upstream
+    patch (patches/0001) has a public ``register_model_config``; it is used when present.
     """
     from open_clip import factory
 
+    public = getattr(factory, "register_model_config", None)
+    known = set(factory.list_models())
     added = []
     for path in files:
         path = Path(path)
-        if path.stem in factory._MODEL_CONFIGS and not replace:
+        if path.stem in known and not replace:
             continue
         config = json.loads(path.read_text(encoding="utf-8"))
-        factory._MODEL_CONFIG_PATHS.append(path)  # survives a later _rescan_model_configs()
-        factory._MODEL_CONFIGS[path.stem] = config
+        if public is not None:
+            public(path.stem, config, overwrite=replace)
+        else:
+            factory._MODEL_CONFIG_PATHS.append(path)  # survives a later _rescan_model_configs()
+            factory._MODEL_CONFIGS[path.stem] = config
         added.append(path.stem)
-    if added:
+    if added and public is None:
         ordered = sorted(factory._MODEL_CONFIGS.items(), key=lambda item: factory._natural_key(item[0]))
         factory._MODEL_CONFIGS.clear()
         factory._MODEL_CONFIGS.update(ordered)
@@ -94,16 +100,23 @@ def add_model_config_files(files: Iterable[Path], replace: bool = False) -> list
 def add_pretrained_cfgs(
     table: Mapping[str, Mapping[str, Mapping[str, Any]]], replace: bool = False
 ) -> list[tuple[str, str]]:
-    """Add (model, tag) entries open_clip lacks; native entries are kept unless ``replace``."""
+    """Add (model, tag) entries open_clip lacks; native entries are kept unless ``replace``.
+
+    Uses the public ``register_pretrained_cfg`` of a patched open_clip (patches/0001) when present.
+    """
     from open_clip import pretrained
 
+    public = getattr(pretrained, "register_pretrained_cfg", None)
     added = []
     for model_name, tags in table.items():
-        known = pretrained._PRETRAINED.setdefault(model_name, {})
         for tag, cfg in tags.items():
-            if tag not in known or replace:
-                known[tag] = dict(cfg)
-                added.append((model_name, tag))
+            if pretrained.is_pretrained_cfg(model_name, tag) and not replace:
+                continue
+            if public is not None:
+                public(model_name, tag, dict(cfg), overwrite=replace)
+            else:
+                pretrained._PRETRAINED.setdefault(model_name, {})[tag] = dict(cfg)
+            added.append((model_name, tag))
     return added
 
 
@@ -129,6 +142,10 @@ def register_text_tower(kind: str, builder: Callable[..., Any]) -> None:
     """Make ``text_cfg = {"text_tower": kind, ...}`` build with ``builder(embed_dim, text_cfg, quick_gelu, cast_dtype)``."""
     from open_clip import model as open_clip_model
 
+    upstream_registry = getattr(open_clip_model, "register_text_tower", None)
+    if upstream_registry is not None:  # open_clip with patches/0002: no wrapping needed
+        upstream_registry(kind, builder)
+        return
     _TEXT_TOWER_BUILDERS[kind] = builder
     original = open_clip_model._build_text_tower
     if _already_wrapped(original):

@@ -1,0 +1,152 @@
+"""The startup hook: names appear on a plain `import open_clip`, in regular and editable installs,
+cost almost nothing at interpreter start, can be switched off, and survive a broken plugin."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from compat_env import REPO_ROOT
+
+PROBE = (
+    "import json, sys; import open_clip; "
+    "print(json.dumps({'s3': 'MobileCLIP-S3' in open_clip.list_models(), "
+    "'tags': open_clip.list_pretrained_tags_by_model('MobileCLIP-S3'), "
+    "'plugin_loaded': 'mobileclip2.plugin' in sys.modules}))"
+)
+
+
+def _python(args, env_extra=None, python=sys.executable, cwd="/"):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MOBILECLIP2_AUTOLOAD")}
+    env.update(env_extra or {})
+    # cwd=/ so the checkout itself is not on sys.path: only the installed distribution counts.
+    return subprocess.run([python, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+def _probe(**kwargs) -> dict:
+    proc = _python(["-c", PROBE], **kwargs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_plain_import_open_clip_registers_everything():
+    assert _probe() == {"s3": True, "tags": ["datacompdr"], "plugin_loaded": True}
+
+
+def test_autoload_can_be_switched_off():
+    assert _probe(env_extra={"MOBILECLIP2_AUTOLOAD": "0"}) == {"s3": False, "tags": [], "plugin_loaded": False}
+
+
+def test_interpreter_start_stays_cheap_and_torch_free():
+    proc = _python(["-X", "importtime", "-c", "import sys; print('torch' in sys.modules, 'open_clip' in sys.modules)"])
+    assert proc.stdout.strip() == "False False"
+    ours = [line for line in proc.stderr.splitlines() if re.search(r"\|\s+mobileclip2", line)]
+    assert ours, "the .pth hook did not run"
+    cumulative_us = max(int(line.split("|")[1]) for line in ours)
+    assert cumulative_us < 5000, ours
+
+
+def test_timm_alone_gets_backbones_through_its_own_group():
+    code = "import json, sys, timm; print(json.dumps(['mobileclip2.plugin' in sys.modules, 'open_clip' in sys.modules, timm.is_model('fastvit_mci0')]))"
+    proc = _python(["-c", code])
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [True, False, True]
+
+
+def _fake_distribution(root: Path, name: str, module_source: str, entry: str) -> None:
+    """A minimal installed distribution with an open_clip.plugins entry point, on PYTHONPATH."""
+    (root / f"{name}.py").write_text(module_source)
+    dist_info = root / f"{name}-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(f"[open_clip.plugins]\n{name} = {entry}\n")
+
+
+def test_broken_plugin_warns_once_and_never_breaks_open_clip(tmp_path):
+    _fake_distribution(tmp_path, "broken_plugin", "def register():\n    raise ValueError('boom')\n", "broken_plugin:register")
+    code = "import open_clip; import open_clip; print('MobileCLIP-S3' in open_clip.list_models())"
+    proc = _python(["-W", "always", "-c", code], env_extra={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"  # the other plugin (ours) still ran
+    warnings = [line for line in proc.stderr.splitlines() if "plugin 'broken_plugin'" in line]
+    assert len(warnings) == 1, proc.stderr
+    assert "broken_plugin:register" in warnings[0] and "ValueError: boom" in warnings[0]
+
+
+def test_plugin_discovery_runs_each_entry_point_once(monkeypatch):
+    """pluggy-style: discovery is tested against a fake importlib.metadata."""
+    import importlib.metadata
+
+    from mobileclip2 import _autoload
+
+    calls = []
+
+    class FakeEntryPoint:
+        def __init__(self, name, value):
+            self.name, self.value = name, value
+
+        def load(self):
+            return lambda: calls.append(self.name)
+
+    points = [FakeEntryPoint("a", "x:a"), FakeEntryPoint("a", "x:a"), FakeEntryPoint("b", "y:b")]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: points if group == "test.group" else [])
+    monkeypatch.setattr(_autoload, "_groups_run", set())
+    assert _autoload.run_entry_points("test.group") == ["a", "b"]
+    assert _autoload.run_entry_points("test.group") == []  # once per process
+    assert calls == ["a", "b"]
+
+
+def _venv_with_shared_site_packages(path: Path) -> Path:
+    """A venv that sees the system site-packages as a plain path entry, so their .pth files
+    (including any editable install of this checkout) do not run: only what we install counts."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    python = path / "bin" / "python"
+    venv_site = Path(
+        subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                       capture_output=True, text=True, check=True).stdout.strip()
+    )
+    (venv_site / "zz_shared_site_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+def _clean_copy(destination: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        source = REPO_ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+@pytest.mark.parametrize("editable", [False, True], ids=["regular", "editable"])
+def test_install_modes_register_on_plain_import(tmp_path, editable):
+    python = _venv_with_shared_site_packages(tmp_path / "venv")
+    source = _clean_copy(tmp_path / "src")
+    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
+               "--no-build-isolation"] + (["-e", str(source)] if editable else [str(source)])
+    subprocess.run(install, check=True, capture_output=True, cwd=tmp_path)
+    where = _python(["-c", "import mobileclip2; print(mobileclip2.__file__)"], python=str(python))
+    assert Path(where.stdout.strip()).is_relative_to(source if editable else tmp_path / "venv")
+    assert _probe(python=str(python)) == {"s3": True, "tags": ["datacompdr"], "plugin_loaded": True}
+    assert _probe(python=str(python), env_extra={"MOBILECLIP2_AUTOLOAD": "0"})["s3"] is False
+
+
+def test_open_clip_train_sees_the_names(tmp_path):
+    args = ["-m", "open_clip_train.main", "--model", "MobileCLIP2-S0", "--dataset-type", "synthetic",
+            "--train-num-samples", "16", "--batch-size", "4", "--epochs", "1", "--precision", "fp32",
+            "--workers", "0", "--logs", str(tmp_path), "--name", "smoke"]
+    proc = _python(args, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "smoke" / "checkpoints" / "epoch_1.pt").is_file()
+    log = (tmp_path / "smoke" / "out.log").read_text()
+    assert "Train Epoch: 0" in log and "Loss" in log
