@@ -37,7 +37,9 @@ class ModelInfo:
         return "native" if self.config_native and self.backbone_native else "backfilled"
 
 
-def _describe(name: str, config: dict[str, Any], timm_backfilled: set[str], configs_backfilled: set[str]) -> ModelInfo:
+def _describe(
+    name: str, config: dict[str, Any], timm_backfilled: set[str], configs_backfilled: set[str]
+) -> ModelInfo:
     from open_clip.pretrained import list_pretrained_tags_by_model
 
     vision = config["vision_cfg"]
@@ -91,7 +93,9 @@ def pretrained_cfgs(name: str) -> dict[str, dict[str, Any]]:
 
 def hub_files(name: str) -> dict[str, str]:
     """Tag -> 'repo_id/filename' each tag downloads (open_clip tries .safetensors first)."""
-    return {tag: "/".join(hub_location(cfg)) for tag, cfg in pretrained_cfgs(name).items() if cfg.get("hf_hub")}
+    return {
+        tag: "/".join(hub_location(cfg)) for tag, cfg in pretrained_cfgs(name).items() if cfg.get("hf_hub")
+    }
 
 
 def config_json(name: str) -> str:

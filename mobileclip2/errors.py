@@ -59,8 +59,10 @@ def _download_hint(source: str) -> str:
 class WeightsUnavailableError(MobileCLIP2Error, RuntimeError):
     def __init__(self, source: str, cause: BaseException, offline: bool):
         self.source = source
-        mode = "HF_HUB_OFFLINE is set and the file is not in the local Hugging Face cache" if offline else (
-            "the Hugging Face Hub could not be reached and the file is not in the local cache"
+        mode = (
+            "HF_HUB_OFFLINE is set and the file is not in the local Hugging Face cache"
+            if offline
+            else ("the Hugging Face Hub could not be reached and the file is not in the local cache")
         )
         super().__init__(
             f"Could not fetch pretrained weights {source!r}: {mode} ({type(cause).__name__}: {cause}). "
@@ -84,3 +86,7 @@ class CheckpointMismatchError(MobileCLIP2Error, RuntimeError):
 
     def __init__(self, summary: str):
         super().__init__(summary)
+
+
+class GenerationUnavailableError(MobileCLIP2Error, RuntimeError):
+    """A text-generation mode the installed libraries cannot provide (e.g. CoCa beam search)."""

@@ -38,8 +38,16 @@ def ensure_pair(open_clip_version: str, timm_version: str) -> Path:
         if not marker.exists():
             subprocess.run(
                 [
-                    sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-                    f"open_clip_torch=={open_clip_version}", f"timm=={timm_version}",
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--no-deps",
+                    "--target",
+                    str(target),
+                    f"open_clip_torch=={open_clip_version}",
+                    f"timm=={timm_version}",
                 ],
                 check=True,
             )

@@ -21,7 +21,14 @@ from mobileclip2.pretrained import hub_location, pretrained_table
 
 ATOL = 1e-5
 CAPTIONS = ["a photo of a cat", "a diagram of a mobile network", "", "x"]
-BIG = {"MobileCLIP-S3", "MobileCLIP-S4", "MobileCLIP-L-14", "MobileCLIP2-S3", "MobileCLIP2-S4", "MobileCLIP2-L-14"}
+BIG = {
+    "MobileCLIP-S3",
+    "MobileCLIP-S4",
+    "MobileCLIP-L-14",
+    "MobileCLIP2-S3",
+    "MobileCLIP2-S4",
+    "MobileCLIP2-L-14",
+}
 
 
 def default_cases() -> list[tuple[str, str]]:
@@ -38,7 +45,6 @@ def build_reference_bundle(root: Path, cases: list[tuple[str, str]]) -> dict:
     """
     import open_clip
     from PIL import Image
-
     from scripts.equivalence_worker import describe_transform, normalized
 
     cache = root / "hub"
@@ -129,8 +135,12 @@ def problems(result: dict, entry: dict) -> list[str]:
         found.append("tokenizer output differs")
     if not result["state_keys_equal"]:
         found.append("state_dict keys differ")
-    for key, limit in (("image_max_abs", ATOL), ("text_max_abs", ATOL), ("logits_max_abs", ATOL * 100),
-                       ("pixels_max_abs", 1e-6)):
+    for key, limit in (
+        ("image_max_abs", ATOL),
+        ("text_max_abs", ATOL),
+        ("logits_max_abs", ATOL * 100),
+        ("pixels_max_abs", 1e-6),
+    ):
         if not result[key] <= limit:
             found.append(f"{key}={result[key]:.3g} > {limit:g}")
     if result["transform"] != entry["transform"]:

@@ -54,4 +54,8 @@ def write_state_dict(cache_dir: Path, repo_id: str, filename: str, state_dict: d
 
 def offline_env(cache_dir: Path) -> dict[str, str]:
     """Environment for a subprocess that must resolve Hub files from `cache_dir` only."""
-    return {"HF_HUB_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "HF_HOME": str(Path(cache_dir).parent / "hf_home")}
+    return {
+        "HF_HUB_CACHE": str(cache_dir),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(Path(cache_dir).parent / "hf_home"),
+    }

@@ -42,11 +42,17 @@ def test_plain_import_open_clip_registers_everything():
 
 
 def test_autoload_can_be_switched_off():
-    assert _probe(env_extra={"MOBILECLIP2_AUTOLOAD": "0"}) == {"s3": False, "tags": [], "plugin_loaded": False}
+    assert _probe(env_extra={"MOBILECLIP2_AUTOLOAD": "0"}) == {
+        "s3": False,
+        "tags": [],
+        "plugin_loaded": False,
+    }
 
 
 def test_interpreter_start_stays_cheap_and_torch_free():
-    proc = _python(["-X", "importtime", "-c", "import sys; print('torch' in sys.modules, 'open_clip' in sys.modules)"])
+    proc = _python(
+        ["-X", "importtime", "-c", "import sys; print('torch' in sys.modules, 'open_clip' in sys.modules)"]
+    )
     assert proc.stdout.strip() == "False False"
     ours = [line for line in proc.stderr.splitlines() if re.search(r"\|\s+mobileclip2", line)]
     assert ours, "the .pth hook did not run"
@@ -71,7 +77,9 @@ def _fake_distribution(root: Path, name: str, module_source: str, entry: str) ->
 
 
 def test_broken_plugin_warns_once_and_never_breaks_open_clip(tmp_path):
-    _fake_distribution(tmp_path, "broken_plugin", "def register():\n    raise ValueError('boom')\n", "broken_plugin:register")
+    _fake_distribution(
+        tmp_path, "broken_plugin", "def register():\n    raise ValueError('boom')\n", "broken_plugin:register"
+    )
     code = "import open_clip; import open_clip; print('MobileCLIP-S3' in open_clip.list_models())"
     proc = _python(["-W", "always", "-c", code], env_extra={"PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
@@ -97,7 +105,9 @@ def test_plugin_discovery_runs_each_entry_point_once(monkeypatch):
             return lambda: calls.append(self.name)
 
     points = [FakeEntryPoint("a", "x:a"), FakeEntryPoint("a", "x:a"), FakeEntryPoint("b", "y:b")]
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: points if group == "test.group" else [])
+    monkeypatch.setattr(
+        importlib.metadata, "entry_points", lambda group: points if group == "test.group" else []
+    )
     monkeypatch.setattr(_autoload, "_groups_run", set())
     assert _autoload.run_entry_points("test.group") == ["a", "b"]
     assert _autoload.run_entry_points("test.group") == []  # once per process
@@ -110,16 +120,25 @@ def _venv_with_shared_site_packages(path: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
     python = path / "bin" / "python"
     venv_site = Path(
-        subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                       capture_output=True, text=True, check=True).stdout.strip()
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     )
     (venv_site / "zz_shared_site_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return python
 
 
 def _clean_copy(destination: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for name in files:
         source = REPO_ROOT / name
         if source.is_file():
@@ -132,8 +151,17 @@ def _clean_copy(destination: Path) -> Path:
 def test_install_modes_register_on_plain_import(tmp_path, editable):
     python = _venv_with_shared_site_packages(tmp_path / "venv")
     source = _clean_copy(tmp_path / "src")
-    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
-               "--no-build-isolation"] + (["-e", str(source)] if editable else [str(source)])
+    install = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(python),
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+    ] + (["-e", str(source)] if editable else [str(source)])
     subprocess.run(install, check=True, capture_output=True, cwd=tmp_path)
     where = _python(["-c", "import mobileclip2; print(mobileclip2.__file__)"], python=str(python))
     assert Path(where.stdout.strip()).is_relative_to(source if editable else tmp_path / "venv")
@@ -142,9 +170,28 @@ def test_install_modes_register_on_plain_import(tmp_path, editable):
 
 
 def test_open_clip_train_sees_the_names(tmp_path):
-    args = ["-m", "open_clip_train.main", "--model", "MobileCLIP2-S0", "--dataset-type", "synthetic",
-            "--train-num-samples", "16", "--batch-size", "4", "--epochs", "1", "--precision", "fp32",
-            "--workers", "0", "--logs", str(tmp_path), "--name", "smoke"]
+    args = [
+        "-m",
+        "open_clip_train.main",
+        "--model",
+        "MobileCLIP2-S0",
+        "--dataset-type",
+        "synthetic",
+        "--train-num-samples",
+        "16",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--precision",
+        "fp32",
+        "--workers",
+        "0",
+        "--logs",
+        str(tmp_path),
+        "--name",
+        "smoke",
+    ]
     proc = _python(args, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "smoke" / "checkpoints" / "epoch_1.pt").is_file()

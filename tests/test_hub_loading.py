@@ -29,7 +29,9 @@ def s0_state():
 def _load_in_subprocess(tmp_path, cache, name, pretrained) -> tuple[dict, dict | None]:
     out = tmp_path / f"{name}-{pretrained.replace('/', '_')}"
     out.mkdir()
-    proc = run_python(None, ["tests/scripts/load_tag_worker.py", name, pretrained, str(out)], **offline_env(cache))
+    proc = run_python(
+        None, ["tests/scripts/load_tag_worker.py", name, pretrained, str(out)], **offline_env(cache)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     state = torch.load(out / "state.pt", weights_only=True) if (out / "state.pt").exists() else None

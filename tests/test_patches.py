@@ -27,8 +27,19 @@ def sdist() -> object:
     found = list(target.glob(f"open_clip_torch-{OPEN_CLIP_VERSION}.tar.gz"))
     if not found:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-             "--dest", str(target), f"open_clip_torch=={OPEN_CLIP_VERSION}"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--dest",
+                str(target),
+                f"open_clip_torch=={OPEN_CLIP_VERSION}",
+            ],
             check=True,
         )
         found = list(target.glob(f"open_clip_torch-{OPEN_CLIP_VERSION}.tar.gz"))
@@ -42,7 +53,9 @@ def patched_tree(sdist, tmp_path_factory):
         archive.extractall(root, filter="data")
     tree = root / f"open_clip_torch-{OPEN_CLIP_VERSION}"
     for patch in PATCHES:
-        check = subprocess.run(["git", "apply", "--check", str(patch)], cwd=tree, capture_output=True, text=True)
+        check = subprocess.run(
+            ["git", "apply", "--check", str(patch)], cwd=tree, capture_output=True, text=True
+        )
         assert check.returncode == 0, f"{patch.name} does not apply: {check.stderr}"
         subprocess.run(["git", "apply", str(patch)], cwd=tree, check=True)
     return tree
@@ -58,9 +71,20 @@ def test_patches_exist_and_are_upstream_shaped():
 
 def test_upstream_tests_pass_on_patched_tree(patched_tree):
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_plugins.py",
-         "tests/test_text_tower_registry.py"],
-        cwd=patched_tree, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_plugins.py",
+            "tests/test_text_tower_registry.py",
+        ],
+        cwd=patched_tree,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env=_env(patched_tree, MOBILECLIP2_AUTOLOAD="0"),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -94,8 +118,14 @@ print(json.dumps({
 
 @pytest.mark.parametrize("autoload", ["0", "1"])
 def test_patched_open_clip_discovers_our_plugin_itself(patched_tree, autoload):
-    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=600,
-                          cwd=str(patched_tree.parent), env=_env(patched_tree, MOBILECLIP2_AUTOLOAD=autoload))
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(patched_tree.parent),
+        env=_env(patched_tree, MOBILECLIP2_AUTOLOAD=autoload),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {

@@ -14,8 +14,18 @@ from mobileclip2 import plugin
 from mobileclip2.pretrained import pretrained_table
 
 ISSUE3_MODELS = [
-    "MobileCLIP-S1", "MobileCLIP-S2", "MobileCLIP-B", "MobileCLIP-S3", "MobileCLIP-S4", "MobileCLIP-L-14",
-    "MobileCLIP2-S0", "MobileCLIP2-S2", "MobileCLIP2-B", "MobileCLIP2-S3", "MobileCLIP2-S4", "MobileCLIP2-L-14",
+    "MobileCLIP-S1",
+    "MobileCLIP-S2",
+    "MobileCLIP-B",
+    "MobileCLIP-S3",
+    "MobileCLIP-S4",
+    "MobileCLIP-L-14",
+    "MobileCLIP2-S0",
+    "MobileCLIP2-S2",
+    "MobileCLIP2-B",
+    "MobileCLIP2-S3",
+    "MobileCLIP2-S4",
+    "MobileCLIP2-L-14",
 ]
 
 
@@ -57,11 +67,21 @@ def test_new_v1_architectures_follow_apple_config(name):
     config = _our_config(name)
     assert config["embed_dim"] == 768 and config["custom_text"] is True
     assert config["vision_cfg"] == {
-        "timm_model_name": backbone, "timm_model_pretrained": False, "timm_pool": pool, "timm_proj": None,
-        "timm_drop": 0.0, "timm_drop_path": drop_path, "image_size": size,
+        "timm_model_name": backbone,
+        "timm_model_pretrained": False,
+        "timm_pool": pool,
+        "timm_proj": None,
+        "timm_drop": 0.0,
+        "timm_drop_path": drop_path,
+        "image_size": size,
     }
     assert config["text_cfg"] == {
-        "context_length": 77, "vocab_size": 49408, "width": 768, "heads": 12, "layers": 12, "no_causal_mask": True,
+        "context_length": 77,
+        "vocab_size": 49408,
+        "width": 768,
+        "heads": 12,
+        "layers": 12,
+        "no_causal_mask": True,
     }
 
 
@@ -71,7 +91,11 @@ def test_pretrained_entries_equal_open_clip_330_entries():
     compared = 0
     for name, tags in pretrained_table().items():
         for tag, cfg in tags.items():
-            if name in _PRETRAINED and tag in _PRETRAINED[name] and (name, tag) not in plugin.registration_state()[1].tags_backfilled:
+            if (
+                name in _PRETRAINED
+                and tag in _PRETRAINED[name]
+                and (name, tag) not in plugin.registration_state()[1].tags_backfilled
+            ):
                 assert cfg == _PRETRAINED[name][tag], (name, tag)
                 compared += 1
     assert compared == 10  # MobileCLIP-S1/S2/B(+LT) and the six MobileCLIP2 tags

@@ -9,7 +9,9 @@ HELP = "Show one model: parameters per tower, image size, preprocessing, tags, H
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="open_clip model name, e.g. MobileCLIP2-S0")
-    parser.add_argument("--no-params", action="store_true", help="skip building the model to count parameters")
+    parser.add_argument(
+        "--no-params", action="store_true", help="skip building the model to count parameters"
+    )
 
 
 def tower_parameter_counts(model) -> dict[str, int]:
@@ -28,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
 
     info = model_info(args.name)
     print(f"{info.name}  ({info.source})")
-    print(f"  image tower : timm {info.image_backbone} ({'native' if info.backbone_native else 'backfilled'}), {info.image_size}px")
+    print(
+        f"  image tower : timm {info.image_backbone} ({'native' if info.backbone_native else 'backfilled'}), {info.image_size}px"
+    )
     print(f"  text tower  : {info.text_tower}")
     print(f"  embed dim   : {info.embed_dim}")
     if not args.no_params:

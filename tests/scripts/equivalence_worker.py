@@ -89,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results["models"][entry["name"]] = compare_one(entry, state)
         except Exception as exc:  # noqa: BLE001 - report per model
-            results["models"][entry["name"]] = {"name": entry["name"], "error": f"{type(exc).__name__}: {exc}"}
+            results["models"][entry["name"]] = {
+                "name": entry["name"],
+                "error": f"{type(exc).__name__}: {exc}",
+            }
         gc.collect()
     with open(args.output, "w") as handle:
         json.dump(results, handle, indent=1)

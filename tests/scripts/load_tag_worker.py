@@ -19,7 +19,11 @@ def main() -> int:
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
     except Exception as exc:  # noqa: BLE001 - the parent asserts on the error
-        result = {"error_type": type(exc).__name__, "error": str(exc), "is_runtime_error": isinstance(exc, RuntimeError)}
+        result = {
+            "error_type": type(exc).__name__,
+            "error": str(exc),
+            "is_runtime_error": isinstance(exc, RuntimeError),
+        }
     else:
         torch.save(model.state_dict(), out_dir / "state.pt")
         cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in model.visual.preprocess_cfg.items()}
