@@ -55,6 +55,7 @@ def _fuse_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, to
     """Fold an eval-mode BatchNorm into the bias-free conv ``kernel`` before it: (kernel, bias)."""
     std = (bn.running_var + bn.eps).sqrt()
     t = (bn.weight / std).reshape(-1, 1, 1, 1)
+    # The bias is written as timm writes it, so fused weights agree with timm's bit for bit.
     return kernel * t, bn.bias - bn.running_mean * bn.weight / std
 
 
