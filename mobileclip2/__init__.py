@@ -10,6 +10,8 @@ __version__ = "0.1.0"
 _LAZY_API = {
     "register": ("mobileclip2.plugin", "register"),
     "list_models": ("mobileclip2.catalog", "list_models"),
+    "reparameterize": ("mobileclip2.reparam", "reparameterize"),
+    "convert_checkpoint": ("mobileclip2.convert", "convert_checkpoint"),
 }
 
 __all__ = ["__version__", *_LAZY_API]

@@ -119,8 +119,15 @@ def test_registration_is_idempotent_and_defers_to_upstream():
     assert first is second
     assert open_clip.factory._MODEL_CONFIGS == before_configs
     assert open_clip.pretrained._PRETRAINED == before_tags
-    # On open_clip 3.3.0 / timm 1.0.31 only the three new V1 architectures need backfilling.
-    assert sorted(first.configs_backfilled) == ["MobileCLIP-L-14", "MobileCLIP-S3", "MobileCLIP-S4"]
+    # On open_clip 3.3.0 / timm 1.0.31: the three new V1 architectures, MobileCLIP-S0 (MCt text
+    # tower, refused upstream) and the context-256 CoCa captioner need backfilling.
+    assert sorted(first.configs_backfilled) == [
+        "MobileCLIP-L-14",
+        "MobileCLIP-S0",
+        "MobileCLIP-S3",
+        "MobileCLIP-S4",
+        "coca_ViT-L-14-context256",
+    ]
     assert plugin.registration_state()[0].timm_backfilled == []
     for name in plugin.BACKBONE_MODULES:  # timm's own definitions stay in place
         assert timm.models.model_entrypoint(name).__module__.startswith("timm.models.")

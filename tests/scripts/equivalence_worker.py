@@ -16,18 +16,24 @@ import gc
 import json
 import sys
 
+# Steps whose knobs define the preprocessing; RGB conversion and to-tensor helpers are named
+# differently across open_clip releases (_convert_to_rgb/ToTensor vs MaybeConvertMode/MaybeToTensor)
+# and are covered by comparing preprocessed pixels instead.
+_DESCRIBED_ATTRS = ("size", "max_size", "interpolation", "antialias", "mean", "std")
+
 
 def describe_transform(transform) -> list[list]:
-    """Comparable description of a torchvision Compose: class names and the knobs that matter."""
+    """Comparable description of a torchvision Compose: the resize/crop/normalize steps and their knobs."""
     steps = []
     for step in getattr(transform, "transforms", [transform]):
-        fields = [getattr(step, "__name__", type(step).__name__)]
-        for attr in ("size", "max_size", "interpolation", "antialias", "mean", "std"):
+        fields = []
+        for attr in _DESCRIBED_ATTRS:
             if hasattr(step, attr):
                 value = getattr(step, attr)
                 value = getattr(value, "value", value)  # InterpolationMode -> str
                 fields.append([attr, list(value) if isinstance(value, (tuple, list)) else value])
-        steps.append(fields)
+        if fields:
+            steps.append([type(step).__name__, *fields])
     return steps
 
 
@@ -35,7 +41,7 @@ def normalized(features):
     return features / features.norm(dim=-1, keepdim=True)
 
 
-def compare_one(entry: dict, state) -> dict:
+def compare_one(entry: dict, timm_state, state) -> dict:
     import open_clip
     import torch
     from PIL import Image
@@ -46,7 +52,7 @@ def compare_one(entry: dict, state) -> dict:
         "name": name,
         "config_backfilled": name in state.configs_backfilled,
         "backbone": entry["backbone"],
-        "backbone_backfilled": entry["backbone"] in state.timm_backfilled,
+        "backbone_backfilled": entry["backbone"] in timm_state.timm_backfilled,
         "tag_backfilled": [name, tag] in [list(item) for item in state.tags_backfilled],
     }
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag)
@@ -76,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force-backfill", action="store_true")
     args = parser.parse_args(argv)
 
-    from mobileclip2.plugin import register
+    from mobileclip2.plugin import register, registration_state
 
-    state = register(force_backfill=args.force_backfill)
+    register(force_backfill=args.force_backfill)
+    timm_state, state = registration_state()
     import open_clip.version
     import timm
 
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"open_clip": open_clip.version.__version__, "timm": timm.__version__, "models": {}}
     for entry in manifest["models"]:
         try:
-            results["models"][entry["name"]] = compare_one(entry, state)
+            results["models"][entry["name"]] = compare_one(entry, timm_state, state)
         except Exception as exc:  # noqa: BLE001 - report per model
             results["models"][entry["name"]] = {
                 "name": entry["name"],

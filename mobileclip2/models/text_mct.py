@@ -1,0 +1,428 @@
+"""MCt, the MobileCLIP-S0 text encoder, as an open_clip text tower.
+
+Paper: "MobileCLIP: Fast Image-Text Models through Multi-Modal Reinforced Training", Vasu et al.,
+CVPR 2024, https://arxiv.org/abs/2311.17049.
+Reference: apple/ml-mobileclip (MIT) at 4144bb1f, mobileclip/text_encoder.py (variant "mct") and
+mobileclip/modules/text/repmixer.py. This is our own implementation of the same arithmetic.
+
+MCt = token embedding + learned absolute positions, then a RepMixer block, N pre-norm transformer
+layers and a second RepMixer block, a final LayerNorm, pooling at the end-of-text token (the
+largest token id, as in CLIP) and a bias-free projection. There is no causal and no padding mask:
+every position sees every other one, padding included, exactly as Apple trained it.
+
+OpenCLIP only builds its own TextTransformer or HF models; mobileclip2.compat.register_text_tower
+routes a text_cfg with ``"text_tower": "mobileclip_mct"`` to :func:`build_text_tower`. Attribute
+names follow open_clip's TextTransformer (token_embedding, positional_embedding,
+transformer.resblocks, ln_final, text_projection) so locking, grad checkpointing and checkpoint
+tooling work the same way; RepMixer submodules follow timm's FastViT names (token_mixer.norm /
+.mixer, identity, conv_kxk, layer_scale.gamma, mlp.conv / fc1 / fc2), matching the image tower.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from timm.layers import DropPath, trunc_normal_
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "MCtCfg",
+    "MCtTextEncoder",
+    "RepMixer1d",
+    "RepMixerBlock1d",
+    "TransformerBlock",
+    "build_text_tower",
+]
+
+
+def _open_clip_layers() -> tuple[type[nn.Module], type[nn.Module]]:
+    """open_clip's LayerNormFp32 and QuickGELU (public in open_clip.transformer since 2.0, checked 2.24-3.3).
+
+    LayerNormFp32 is used on purpose: Apple's MCt normalizes in fp32 ("layer_norm_fp32"), and
+    open_clip's low-precision setup (factory._set_model_device_and_precision) casts exactly the
+    LayerNormFp32 instances of timm-based models back to fp32.
+    """
+    from open_clip.transformer import LayerNormFp32, QuickGELU
+
+    return LayerNormFp32, QuickGELU
+
+
+# ---------------------------------------------------------------------------------------------
+# RepMixer along the sequence: tensors are [B, C, 1, L] so kernels are (1, k) depthwise 2-D convs,
+# the layout Apple's checkpoints store.
+# ---------------------------------------------------------------------------------------------
+
+
+def _dw_conv(dim: int, kernel_size: int, bias: bool) -> nn.Conv2d:
+    return nn.Conv2d(dim, dim, (1, kernel_size), padding=(0, kernel_size // 2), groups=dim, bias=bias)
+
+
+def _conv_bn(dim: int, kernel_size: int) -> nn.Sequential:
+    return nn.Sequential(OrderedDict(conv=_dw_conv(dim, kernel_size, bias=False), bn=nn.BatchNorm2d(dim)))
+
+
+def _fuse_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kernel and bias of ``bn(conv(x))`` as one conv (eval-mode statistics)."""
+    std = (bn.running_var + bn.eps).sqrt()
+    return kernel * (bn.weight / std).reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * bn.weight / std
+
+
+def _identity_kernel(dim: int, kernel_size: int, like: torch.Tensor) -> torch.Tensor:
+    """Depthwise (1, k) kernel that copies its input: a one at the centre tap of every channel."""
+    kernel = torch.zeros(dim, 1, 1, kernel_size, dtype=like.dtype, device=like.device)
+    kernel[:, 0, 0, kernel_size // 2] = 1.0
+    return kernel
+
+
+class RepDwConv1d(nn.Module):
+    """Depthwise MobileOne branches along the sequence: BatchNorm skip + ``num_conv_branches`` conv-BN.
+
+    Apple builds these with MobileOneBlock((1, k)); its 1x1 "scale" branch is skipped there because
+    MobileOne checks ``kernel_size[0] > 1``, which is 1 for a (1, k) kernel, so there is none here.
+    The branches are only ever fused by the parent RepMixer1d, hence no reparameterize() of its own.
+    """
+
+    def __init__(self, dim: int, kernel_size: int, num_conv_branches: int):
+        super().__init__()
+        self.dim = dim
+        self.kernel_size = kernel_size
+        self.identity = nn.BatchNorm2d(dim)
+        self.conv_kxk = nn.ModuleList([_conv_bn(dim, kernel_size) for _ in range(num_conv_branches)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.identity(x)
+        for branch in self.conv_kxk:
+            out = out + branch(x)
+        return out
+
+    def fused_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One depthwise (1, k) conv equal to the sum of all branches."""
+        reference = self.identity.weight
+        kernel, bias = _fuse_bn(_identity_kernel(self.dim, self.kernel_size, reference), self.identity)
+        for branch in self.conv_kxk:
+            branch_kernel, branch_bias = _fuse_bn(branch.conv.weight, branch.bn)
+            kernel, bias = kernel + branch_kernel, bias + branch_bias
+        return kernel, bias
+
+
+class LayerScale2d(nn.Module):
+    """Per-channel scale for [B, C, H, W] tensors; ``gamma`` is [C, 1, 1] like timm's FastViT."""
+
+    def __init__(self, dim: int, init_value: float):
+        super().__init__()
+        self.gamma = nn.Parameter(init_value * torch.ones(dim, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class RepMixer1d(nn.Module):
+    """Token mixer ``x + gamma * (mixer(x) - norm(x))``, fusable into one depthwise (1, k) conv."""
+
+    def __init__(self, dim: int, kernel_size: int = 11, layer_scale_init_value: float = 1e-5):
+        super().__init__()
+        self.dim = dim
+        self.kernel_size = kernel_size
+        self.norm = RepDwConv1d(dim, kernel_size, num_conv_branches=0)
+        self.mixer = RepDwConv1d(dim, kernel_size, num_conv_branches=1)
+        self.layer_scale = LayerScale2d(dim, layer_scale_init_value)
+        self.reparam_conv: nn.Conv2d | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reparam_conv is not None:
+            return self.reparam_conv(x)
+        return x + self.layer_scale(self.mixer(x) - self.norm(x))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold skip, branches and layer scale into ``reparam_conv`` (uses BN running stats). Idempotent."""
+        if self.reparam_conv is not None:
+            return
+        mixer_kernel, mixer_bias = self.mixer.fused_kernel_bias()
+        norm_kernel, norm_bias = self.norm.fused_kernel_bias()
+        gamma = self.layer_scale.gamma
+        kernel = _identity_kernel(self.dim, self.kernel_size, gamma) + gamma.unsqueeze(-1) * (
+            mixer_kernel - norm_kernel
+        )
+        conv = _dw_conv(self.dim, self.kernel_size, bias=True).to(device=gamma.device, dtype=gamma.dtype)
+        conv.weight.copy_(kernel)
+        conv.bias.copy_(gamma.flatten() * (mixer_bias - norm_bias))
+        self.reparam_conv = conv
+        del self.norm, self.mixer, self.layer_scale
+
+
+class ConvMlp1d(nn.Module):
+    """Depthwise (1, k) conv-BN, then a 1x1-conv MLP: Apple's ConvFFN along the sequence."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        kernel_size: int,
+        act_layer: Callable[[], nn.Module],
+        drop: float = 0.0,
+    ):
+        super().__init__()
+        self.conv = _conv_bn(dim, kernel_size)
+        self.fc1 = nn.Conv2d(dim, hidden_dim, kernel_size=1)
+        self.act = act_layer()
+        self.fc2 = nn.Conv2d(hidden_dim, dim, kernel_size=1)
+        self.drop = nn.Dropout(drop)
+        for conv in (self.conv.conv, self.fc1, self.fc2):
+            trunc_normal_(conv.weight, std=0.02)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.fc1(self.conv(x)))
+        return self.drop(self.fc2(self.drop(x)))
+
+
+class RepMixerBlock1d(nn.Module):
+    """MetaFormer block with a RepMixer token mixer, on [B, L, C] sequences."""
+
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int = 11,
+        mlp_ratio: float = 4.0,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale_init_value: float = 1e-5,
+    ):
+        super().__init__()
+        self.token_mixer = RepMixer1d(dim, kernel_size, layer_scale_init_value)
+        self.mlp = ConvMlp1d(dim, int(dim * mlp_ratio), kernel_size, act_layer, drop)
+        self.layer_scale = LayerScale2d(dim, layer_scale_init_value)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(1, 2).unsqueeze(2)  # [B, L, C] -> [B, C, 1, L]
+        x = self.token_mixer(x)
+        x = x + self.drop_path(self.layer_scale(self.mlp(x)))
+        return x.squeeze(2).transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformer layer: pre-norm, fused qkv (nn.MultiheadAttention's in_proj), GELU MLP; the names
+# of open_clip's ResidualAttentionBlock, but batch-first on every open_clip version.
+# ---------------------------------------------------------------------------------------------
+
+
+class TransformerBlock(nn.Module):
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.ln_1 = norm_layer(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_2 = norm_layer(width)
+        self.mlp = nn.Sequential(
+            OrderedDict(c_fc=nn.Linear(width, hidden), gelu=act_layer(), c_proj=nn.Linear(hidden, width))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ln_1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class MCtTransformer(nn.Module):
+    """The block stack (RepMixer, transformer layers, RepMixer) under open_clip's ``resblocks`` name."""
+
+    def __init__(self, blocks: list[nn.Module]):
+        super().__init__()
+        self.resblocks = nn.ModuleList(blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.resblocks:
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# The text tower
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MCtCfg:
+    """The ``text_cfg`` keys an MCt tower understands (plus ``"text_tower": "mobileclip_mct"``)."""
+
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    heads: int = 8
+    layers: int = 4  # transformer layers between the two RepMixer blocks
+    mlp_ratio: float = 4.0
+    repmixer_kernel_size: int = 11
+    repmixer_mlp_ratio: float = 4.0
+    layer_scale_init_value: float = 1e-5
+    no_causal_mask: bool = True  # MCt attends over the whole sequence; only True is supported
+    output_tokens: bool = False  # token outputs are not supported (CoCa-style use)
+
+    @classmethod
+    def from_text_cfg(cls, text_cfg: Mapping[str, Any]) -> MCtCfg:
+        """Validate a config dict, naming unknown keys instead of raising a bare TypeError."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        values = {key: value for key, value in text_cfg.items() if key != "text_tower"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown MCt text_cfg keys {unknown}; supported: {sorted(known)}")
+        cfg = cls(**values)
+        if not cfg.no_causal_mask:
+            raise ValueError("MCt is a bidirectional encoder: text_cfg 'no_causal_mask' must be true")
+        if cfg.output_tokens:
+            raise ValueError("MCt does not return token embeddings: text_cfg 'output_tokens' must be false")
+        return cfg
+
+
+def _set_trainable(
+    group: list[nn.Module | nn.Parameter], trainable: bool, keep_layer_norm: bool = False
+) -> None:
+    for item in group:
+        if isinstance(item, nn.Parameter):
+            item.requires_grad = trainable
+            continue
+        for module in item.modules():
+            module_trainable = trainable or (keep_layer_norm and isinstance(module, nn.LayerNorm))
+            for param in module.parameters(recurse=False):
+                param.requires_grad = module_trainable
+
+
+class MCtTextEncoder(nn.Module):
+    """MobileCLIP-S0's text tower: tokens [B, L] -> features [B, output_dim] (not normalized)."""
+
+    def __init__(
+        self,
+        output_dim: int,
+        cfg: MCtCfg | None = None,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        norm_layer: Callable[[int], nn.Module] | None = None,
+    ):
+        super().__init__()
+        cfg = cfg or MCtCfg()
+        if norm_layer is None:
+            norm_layer = _open_clip_layers()[0]
+        self.context_length = cfg.context_length
+        self.vocab_size = cfg.vocab_size
+        self.width = cfg.width
+        self.output_dim = output_dim
+        self.output_tokens = False
+
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
+
+        def repmixer() -> RepMixerBlock1d:
+            return RepMixerBlock1d(
+                cfg.width,
+                kernel_size=cfg.repmixer_kernel_size,
+                mlp_ratio=cfg.repmixer_mlp_ratio,
+                act_layer=act_layer,
+                layer_scale_init_value=cfg.layer_scale_init_value,
+            )
+
+        attention = [
+            TransformerBlock(cfg.width, cfg.heads, cfg.mlp_ratio, act_layer, norm_layer)
+            for _ in range(cfg.layers)
+        ]
+        self.transformer = MCtTransformer([repmixer(), *attention, repmixer()])
+        self.ln_final = norm_layer(cfg.width)
+        self.text_projection = nn.Parameter(torch.empty(cfg.width, output_dim))
+        self._bn_stats_frozen = False
+        self.init_parameters()
+
+    def init_parameters(self) -> None:
+        """open_clip's token-embedding and projection init, Apple's for the positions (the rest: torch defaults)."""
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.trunc_normal_(self.positional_embedding, std=self.width**-0.5)
+        nn.init.normal_(self.text_projection, std=self.width**-0.5)
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        """Shorter inputs use the first positions, as open_clip's TextTransformer does (Apple's V1
+        code would resample its 77 positions instead; tokenizers always give 77 tokens)."""
+        seq_len = text.shape[1]
+        if seq_len > self.context_length:
+            raise ValueError(f"got {seq_len} tokens, but MCt has {self.context_length} positions")
+        x = self.token_embedding(text)
+        x = x + self.positional_embedding[:seq_len].to(x.dtype)
+        x = self.transformer(x)
+        x = self.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]  # end-of-text token
+        return pooled @ self.text_projection
+
+    def _lock_groups(self) -> list[list[nn.Module | nn.Parameter]]:
+        """open_clip's lock_text_tower grouping: embeddings, each block, last block + ln_final, projection."""
+        blocks = list(self.transformer.resblocks)
+        return [
+            [self.token_embedding, self.positional_embedding],
+            *[[block] for block in blocks[:-1]],
+            [blocks[-1], self.ln_final],
+            [self.text_projection],
+        ]
+
+    def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        """Freeze the tower except its last ``unlocked_layers`` groups (open_clip's grouping).
+
+        Frozen RepMixer BatchNorms also stop updating their running statistics in train mode, so a
+        locked tower computes exactly what it computed before training. ``freeze_layer_norm=False``
+        leaves LayerNorm weights of frozen groups trainable, as open_clip's HF towers do.
+        """
+        groups = self._lock_groups()
+        for group in groups:
+            _set_trainable(group, False, keep_layer_norm=not freeze_layer_norm)
+        if unlocked_layers > 0:
+            for group in groups[-unlocked_layers:]:
+                _set_trainable(group, True)
+        self._bn_stats_frozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> MCtTextEncoder:
+        super().train(mode)
+        if mode and self._bn_stats_frozen:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d) and not module.weight.requires_grad:
+                    module.eval()
+        return self
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.transformer.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"positional_embedding"}
+
+
+def build_text_tower(
+    embed_dim: int,
+    text_cfg: Mapping[str, Any],
+    quick_gelu: bool = False,
+    cast_dtype: torch.dtype | None = None,
+) -> MCtTextEncoder:
+    """open_clip text-tower builder for ``"text_tower": "mobileclip_mct"`` (see compat.register_text_tower).
+
+    ``cast_dtype`` needs no handling here: LayerNorms compute in fp32 at every precision, and
+    open_clip casts the weights after building.
+    """
+    layer_norm_fp32, quick_gelu_layer = _open_clip_layers()
+    act_layer = quick_gelu_layer if quick_gelu else nn.GELU
+    return MCtTextEncoder(
+        embed_dim, MCtCfg.from_text_cfg(text_cfg), act_layer=act_layer, norm_layer=layer_norm_fp32
+    )
