@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "list": "mobileclip2.commands.list_models",
     "info": "mobileclip2.commands.info",
     "check": "mobileclip2.commands.check",
+    "convert": "mobileclip2.commands.convert",
 }
 
 

@@ -174,12 +174,31 @@ def register_text_tower(kind: str, builder: Callable[..., Any]) -> None:
 
 StateDictConverter = Callable[[dict], dict]
 _STATE_DICT_CONVERTERS: list[StateDictConverter] = []
+# describe(state_dict as read) -> a sentence for mismatch errors about files a converter changed.
+_STATE_DICT_DESCRIBERS: list[Callable[[dict], str | None]] = []
 
 
-def add_state_dict_converter(converter: StateDictConverter) -> None:
-    """Run `converter` on every state_dict open_clip reads (it returns its input when not applicable)."""
+def add_state_dict_converter(
+    converter: StateDictConverter, describe: Callable[[dict], str | None] | None = None
+) -> None:
+    """Run `converter` on every state_dict open_clip reads (it returns its input when not applicable).
+
+    ``describe``, if given, explains a file the converter handled when it then fails to fit the
+    model (e.g. "an Apple V1 checkpoint of MobileCLIP-S1"); it returns None for other files.
+    """
     if converter not in _STATE_DICT_CONVERTERS:
         _STATE_DICT_CONVERTERS.append(converter)
+    if describe is not None and describe not in _STATE_DICT_DESCRIBERS:
+        _STATE_DICT_DESCRIBERS.append(describe)
+
+
+def _describe_as_read(load_state_dict: Callable, checkpoint_path) -> str:
+    """What the describers say about the file before conversion ('' if nothing)."""
+    if not _STATE_DICT_DESCRIBERS:
+        return ""
+    raw = getattr(load_state_dict, "__wrapped__", load_state_dict)(checkpoint_path)
+    notes = [note for describe in _STATE_DICT_DESCRIBERS if (note := describe(raw))]
+    return "".join(" " + note for note in notes)
 
 
 def _schema_of(model_name: str) -> str | None:
@@ -285,6 +304,7 @@ def _wrap_load_checkpoint(original: Callable) -> Callable:
             if convert is not None:
                 state_dict = convert(model, state_dict)
             summary = summarize_mismatch(model.state_dict(), state_dict, source=f"checkpoint {str(checkpoint_path)!r}")
+            summary += _describe_as_read(factory.load_state_dict, checkpoint_path)
             raise CheckpointMismatchError(summary) from error
 
     return _mark_wrapper(load_checkpoint, original)
@@ -308,3 +328,141 @@ def install_factory_hooks() -> None:
     for attr in ("create_model", "load_checkpoint"):
         if hasattr(open_clip, attr):
             setattr(open_clip, attr, getattr(factory, attr))
+
+
+# =============================================================================================
+# open_clip_train hooks for `python -m mobileclip2.train` (dataset reinforcement, distillation).
+# Self-contained: nothing above uses it, it imports nothing at module load.
+#
+# Written against open_clip_train 3.3.0 (the package ships inside the open_clip_torch wheel;
+# older releases call it `training` and are not supported). open_clip_train.main.main() calls
+# three module-level names it imported at load time -- parse_args, get_data, create_loss -- so
+# replacing those attributes of open_clip_train.main for the duration of one main() call swaps
+# exactly those steps and leaves the loop, logging, resuming and checkpointing untouched. The
+# originals are put back on exit, errors included. Feature detection: the three names and main
+# must exist and be callable, else a clear error names what is missing.
+#
+# main() also wraps the model as DistributedDataParallel(model, device_ids=[device]), which torch
+# rejects for CPU devices (2-process gloo runs). While the hooks are active, DDP given only CPU
+# device_ids is built without them -- a call that would otherwise raise, so no working call changes.
+# =============================================================================================
+
+OPEN_CLIP_TRAIN_HOOKS = ("parse_args", "get_data", "create_loss")
+
+
+def open_clip_train_main_module():
+    """open_clip_train.main, checked for the names mobileclip2.train hooks."""
+    try:
+        from open_clip_train import main as train_main
+    except ImportError as error:
+        raise ImportError(
+            "mobileclip2.train runs open_clip_train's loop, which ships with open_clip_torch (checked with 3.3.0); "
+            f"`import open_clip_train` failed: {error}"
+        ) from error
+    missing = [
+        name for name in (*OPEN_CLIP_TRAIN_HOOKS, "main") if not callable(getattr(train_main, name, None))
+    ]
+    if missing:
+        raise RuntimeError(
+            f"open_clip_train.main lacks {missing}; mobileclip2.train was written against open_clip_train 3.3.0, "
+            f"installed open_clip is {open_clip_version()}"
+        )
+    return train_main
+
+
+class open_clip_train_hooks:  # noqa: N801 - used like a function: `with open_clip_train_hooks(...) as m:`
+    """Context manager: ``{name: make_wrapper(original) -> replacement}`` for OPEN_CLIP_TRAIN_HOOKS."""
+
+    def __init__(self, wrappers: Mapping[str, Callable[[Callable], Callable]]):
+        unknown = sorted(set(wrappers) - set(OPEN_CLIP_TRAIN_HOOKS))
+        if unknown:
+            raise ValueError(f"cannot hook {unknown}; hookable: {OPEN_CLIP_TRAIN_HOOKS}")
+        self.wrappers = dict(wrappers)
+        self.originals: dict[str, Callable] = {}
+        self.ddp_original = None
+
+    def __enter__(self):
+        import torch
+
+        train_main = open_clip_train_main_module()
+        self.module = train_main
+        self.originals = {name: getattr(train_main, name) for name in self.wrappers}
+        for name, make in self.wrappers.items():
+            setattr(train_main, name, make(self.originals[name]))
+        self.ddp_original = torch.nn.parallel.DistributedDataParallel
+        torch.nn.parallel.DistributedDataParallel = _cpu_safe_ddp_class(self.ddp_original)
+        return train_main
+
+    def __exit__(self, *exc_info):
+        import torch
+
+        for name, original in self.originals.items():
+            setattr(self.module, name, original)
+        if self.ddp_original is not None:
+            torch.nn.parallel.DistributedDataParallel = self.ddp_original
+        return False
+
+
+def _cpu_safe_ddp_class(ddp_class):
+    import torch
+
+    class CpuSafeDistributedDataParallel(ddp_class):
+        """DDP that ignores ``device_ids`` naming only CPU devices (torch raises for them)."""
+
+        def __init__(self, module, device_ids=None, *args, **kwargs):
+            if device_ids and all(
+                isinstance(d, (str, torch.device)) and torch.device(d).type == "cpu" for d in device_ids
+            ):
+                device_ids = None
+            super().__init__(module, device_ids, *args, **kwargs)
+
+    return CpuSafeDistributedDataParallel
+
+
+# ---------------------------------------------------------------------------------------------
+# CoCa generation. open_clip 2.24.0-3.3.0 import transformers' sampling helpers *and*
+# BeamSearchScorer in one try-block of coca_model.py (module globals LogitsProcessorList,
+# TopPLogitsWarper, TopKLogitsWarper, RepetitionPenaltyLogitsProcessor, MinLengthLogitsProcessor,
+# MaxLengthCriteria, StoppingCriteriaList, GENERATION_TYPES, _has_transformers). Without
+# transformers, or with transformers >= 5 (no BeamSearchScorer), that import fails and every kind
+# of generation is off, although top_p / top_k sampling - what Apple's captioner README uses -
+# needs none of it. When (and only when) open_clip's own import failed, we hand it the small
+# equivalents in mobileclip2.generation; beam search then fails with an error that says what to do.
+# ---------------------------------------------------------------------------------------------
+
+
+def enable_coca_sampling() -> bool:
+    """Make CoCa.generate's top_p/top_k sampling work without transformers; True if it now works."""
+    from open_clip import coca_model
+
+    from . import generation
+
+    if coca_model._has_transformers:
+        return True
+    for name in generation.__all__:
+        setattr(coca_model, name, getattr(generation, name))
+    coca_model.GENERATION_TYPES.update(top_k=generation.TopKLogitsWarper, top_p=generation.TopPLogitsWarper)
+    coca_model._has_transformers = True  # the flag guards sampling; beam search is guarded below
+    original = coca_model.CoCa.generate
+    if _already_wrapped(original):
+        return True
+    import inspect
+
+    signature = inspect.signature(original)
+
+    def generate(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        if bound.arguments.get("generation_type") == "beam_search" and not hasattr(coca_model, "BeamSearchScorer"):
+            from .errors import GenerationUnavailableError
+
+            raise GenerationUnavailableError(
+                "CoCa beam search needs transformers' BeamSearchScorer, which this environment lacks "
+                "(transformers is not installed, or is >= 5 where it was removed). Pass "
+                "generation_type='top_p' or 'top_k' (sampling works without transformers), or install "
+                "transformers<5 for beam search."
+            )
+        return original(self, *args, **kwargs)
+
+    coca_model.CoCa.generate = _mark_wrapper(generate, original)
+    return True

@@ -83,6 +83,19 @@ def _lazy_builder(target: str):
     return build
 
 
+def _convert_if_apple_v1(state_dict: dict) -> dict:
+    """Load hook: Apple V1 checkpoints become OpenCLIP state_dicts (mobileclip2.convert, imported on use)."""
+    from .convert import convert_if_apple_v1
+
+    return convert_if_apple_v1(state_dict)
+
+
+def _describe_apple_v1(state_dict: dict) -> str | None:
+    from .convert import describe_apple_v1
+
+    return describe_apple_v1(state_dict)
+
+
 def register(force_backfill: bool = False) -> Registration:
     """Register every MobileCLIP/MobileCLIP2 config, tag and hook open_clip needs. Idempotent.
 
@@ -102,6 +115,8 @@ def register(force_backfill: bool = False) -> Registration:
         for kind, target in TEXT_TOWERS.items():
             compat.register_text_tower(kind, _lazy_builder(target))
         compat.install_factory_hooks()
+        compat.add_state_dict_converter(_convert_if_apple_v1, describe=_describe_apple_v1)
+        compat.enable_coca_sampling()
         _OPEN_CLIP_STATE.done = True
     finally:
         _in_progress.discard("open_clip")
