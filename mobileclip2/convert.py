@@ -39,6 +39,7 @@ __all__ = [
     "convert_state_dict",
     "describe_apple_v1",
     "identify_v1_model",
+    "image_trunk_state_dict",
     "is_apple_v1",
     "read_and_convert",
     "save_safetensors",
@@ -284,6 +285,18 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> V1Conversion:
         source_of={key: source for key, (source, _) in mapped.items()},
         model_name=identify_v1_model(state_dict),
     )
+
+
+def image_trunk_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The image trunk of an Apple V1 checkpoint, in timm's layout (no ``visual.trunk.`` prefix).
+
+    The backfilled timm models' ``checkpoint_filter_fn`` use it so ``timm.create_model(
+    'fastvit_mci0.apple_mclip', pretrained=True)`` loads Apple's file as timm >= 1.0.7 does.
+    """
+    image_only = {key: value for key, value in state_dict.items() if key.startswith(IMAGE_PREFIX)}
+    trunk = "visual.trunk."
+    converted = convert_state_dict(image_only).state_dict
+    return {key[len(trunk) :]: value for key, value in converted.items() if key.startswith(trunk)}
 
 
 def convert_if_apple_v1(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -205,6 +205,30 @@ def test_same_result_as_timm_and_open_clip_converters(v1, converted, name):
         assert torch.equal(ours[key], value), key
 
 
+@pytest.mark.parametrize("name", ["MobileCLIP-S0", "MobileCLIP-B"])
+def test_backfilled_timm_filters_load_apple_layout_like_timm(v1, name):
+    """timm.create_model('fastvit_mci0.apple_mclip', pretrained=True) may fetch Apple's V1 file; our
+    backfilled backbones must filter it exactly as timm 1.0.31's own filters do."""
+    import timm
+
+    from mobileclip2.models import mci, vit_mci
+
+    state = v1(name)["model"].state_dict()
+    backbone = "fastvit_mci0" if name == "MobileCLIP-S0" else "vit_base_mci_224"
+    ours_fn = mci.checkpoint_filter_fn if backbone.startswith("fastvit") else vit_mci.checkpoint_filter_fn
+    model = timm.create_model(backbone, num_classes=512)
+    if backbone.startswith("fastvit"):
+        from timm.models.fastvit import checkpoint_filter_fn as timm_fn
+    else:
+        from timm.models.vision_transformer_hybrid import checkpoint_filter_fn as timm_fn
+    theirs = timm_fn(dict(state), model)
+    ours = ours_fn(dict(state), model)
+    assert sorted(ours) == sorted(theirs)
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value), key
+    model.load_state_dict(ours, strict=True)
+
+
 def test_open_clip_state_dicts_pass_through_the_load_hook():
     state = {"visual.trunk.stem.0.weight": torch.ones(1), "logit_scale": torch.ones([])}
     assert convert_if_apple_v1(state) is state

@@ -912,9 +912,8 @@ _TIMM_SENTINEL = "stem.0.conv_kxk.0.conv.weight"
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Accept timm-layout weights, bare or as the image trunk inside an OpenCLIP checkpoint.
-
-    Apple's original MobileCLIP layout is refused rather than half-loaded: convert it first.
+    """Accept timm-layout weights, bare or as the image trunk inside an OpenCLIP checkpoint, and
+    Apple's original MobileCLIP layout (converted by mobileclip2.convert, as timm's own filter does).
     """
     state_dict = state_dict.get("state_dict", state_dict)
     if _TIMM_SENTINEL in state_dict:
@@ -922,9 +921,13 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     for prefix in ("module.visual.trunk.", "visual.trunk."):
         if prefix + _TIMM_SENTINEL in state_dict:
             return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if any(key.startswith("image_encoder.model.") for key in state_dict):
+        from ..convert import image_trunk_state_dict
+
+        return image_trunk_state_dict(state_dict)
     raise ValueError(
-        f"Checkpoint is not in timm's FastViT layout (no {_TIMM_SENTINEL!r}); Apple's original MobileCLIP "
-        "checkpoints need converting first (mobileclip2.convert), or load the timm hf-hub weights."
+        f"Checkpoint is neither in timm's FastViT layout (no {_TIMM_SENTINEL!r}) nor Apple's MobileCLIP "
+        "layout (image_encoder.model.*): load the timm hf-hub weights or an Apple MobileCLIP checkpoint."
     )
 
 

@@ -185,12 +185,12 @@ def checkpoint_filter_fn(
     interpolation: str = "bicubic",
     antialias: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """timm's ViT filter (OpenCLIP trunk prefixes, position-embedding resize); Apple's layout is refused."""
+    """timm's ViT filter (OpenCLIP trunk prefixes, position-embedding resize), after converting
+    Apple's original MobileCLIP layout with mobileclip2.convert as timm's own filter does."""
     if _APPLE_SENTINEL in state_dict:
-        raise ValueError(
-            "Checkpoint is in Apple's original MobileCLIP layout, which the backfilled vit_base_mci_224 does "
-            "not load: convert it first (mobileclip2.convert), or load the timm hf-hub weights."
-        )
+        from ..convert import image_trunk_state_dict
+
+        state_dict = image_trunk_state_dict(state_dict)
     return _vit_checkpoint_filter_fn(state_dict, model, interpolation=interpolation, antialias=antialias)
 
 
