@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "info": "mobileclip2.commands.info",
     "check": "mobileclip2.commands.check",
     "convert": "mobileclip2.commands.convert",
+    "reinforce": "mobileclip2.commands.reinforce",
 }
 
 

@@ -1,0 +1,325 @@
+"""Time per training step: DR (stored teacher embeddings) vs plain CLIP (upstream) vs online distillation.
+
+All three go through the real loops, in one invocation, on the same machine, same data, same
+student and batch size:
+
+* ``plain``: upstream ``python -m open_clip_train.main`` (the reference every ratio is against);
+* ``dr``: ``python -m mobileclip2.train --dataset-reinforcement`` with one caption per image
+  (``--dataset-reinforcement-mix-synthetic``, ratio 0.5): the same student work as ``plain`` plus
+  everything DR adds (augmentation replay, decoding stored embeddings, the distillation loss);
+* ``dr-syn``: DR as Apple trains by default, real *and* synthetic caption per image (the student
+  embeds twice as many captions, so this costs more by design; reported for completeness);
+* ``online``: ``python -m mobileclip2.train --distill-model ...`` with the same teacher ensemble
+  run live on every batch, one caption per image.
+
+The shards are made once with ``mobileclip2.train.reinforce`` (the same teachers), so the DR run
+reads real reinforced data. Weights are random (no downloads): compute does not depend on them.
+Per-step time is open_clip_train's own ``Batch (t)`` log (data + forward + backward + optimizer),
+median over the measured steps after ``--warmup-steps``. ``--workers 0`` so the data work DR adds
+is inside the measured step, not hidden in a loader process.
+
+Clock: on a machine shared with other jobs, wall-clock step times swing several-fold from one
+step to the next. By default (``--clock cpu``) each run is single-threaded (OMP_NUM_THREADS=1) and
+the loop's clock (``open_clip_train.train.time``) is pointed at the process CPU time, so
+``Batch (t)`` is the CPU seconds one step costs, which other jobs do not change; on an idle core
+it equals the wall time of that step. ``--clock wall --threads N`` measures wall time instead.
+Modes run in ``--rounds`` interleaved rounds so slow phases hit all of them alike.
+
+Writes a section into docs/benchmarks.md (between markers, replacing an older one).
+
+    python benchmarks/train_step.py                       # defaults below (CPU, fp32)
+    python benchmarks/train_step.py --teachers ViT-B-32,ViT-B-32 --steps 2   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- train_step:begin -->", "<!-- train_step:end -->"
+WORDS = "red green blue square circle cat dog tree car sky stripes dots boat house hill".split()
+
+
+def make_plain_shards(root: Path, count: int, size: int, seed: int = 0) -> list[str]:
+    import numpy as np
+    from PIL import Image
+
+    from mobileclip2.train.reinforce import write_shard
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for index in range(count):
+        height, width = int(rng.integers(size, size * 5 // 4)), int(rng.integers(size, size * 5 // 4))
+        pixels = (rng.random((height, width, 3)) * 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+        words = rng.choice(WORDS, size=4, replace=False)
+        samples.append(
+            {
+                "__key__": f"{index:06d}",
+                "jpg": buffer.getvalue(),
+                "txt": f"a photo of a {' '.join(words)}".encode(),
+                "syn.json": json.dumps({"syn_text": [f"an image of {words[0]} and {words[1]}"]}).encode(),
+            }
+        )
+    path = root / "00000.tar"
+    write_shard(path, samples)
+    return [str(path)]
+
+
+def train_command(
+    module: str, args: argparse.Namespace, data: str, name: str, logs: Path, extra: list[str]
+) -> list[str]:
+    return [
+        sys.executable, "-m", module, "--model", args.student, "--train-data", data, "--dataset-type", "webdataset",
+        "--train-num-samples", str(args.batch_size * (args.steps + args.warmup_steps)), "--batch-size",
+        str(args.batch_size), "--epochs", "1", "--precision", args.precision, "--workers", str(args.workers),
+        "--log-every-n-steps", "1", "--logs", str(logs), "--name", name, "--seed", "0", "--save-frequency", "0",
+        "--lr", "1e-5", "--warmup", "0", *extra,
+    ]  # fmt: skip
+
+
+def step_times(log: str) -> list[float]:
+    return [float(v) for v in re.findall(r"Batch \(t\): ([0-9.]+)", log)]
+
+
+CPU_CLOCK_RUNNER = """
+import runpy, sys, time
+import open_clip_train.train as loop
+
+class ProcessClock:
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def time(self):
+        return time.process_time()
+
+loop.time = ProcessClock()  # the loop's Batch (t) / Data (t) become CPU seconds of this process
+module = sys.argv.pop(1)
+sys.argv[0] = module
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def run_mode(
+    command: list[str], logs: Path, name: str, threads: int, clock: str
+) -> tuple[list[float], float]:
+    """Run one training command; -> (per-step times from its log, wall seconds of the whole run)."""
+    if clock == "cpu":
+        module_index = command.index("-m")
+        command = [command[0], "-c", CPU_CLOCK_RUNNER, *command[module_index + 1 :]]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
+    started = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=logs)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{proc.stderr[-4000:]}")
+    return step_times((logs / name / "out.log").read_text()), wall
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for dist in ("open_clip_torch", "timm", "webdataset", "mobileclip2"):
+        try:
+            out[dist] = version(dist)
+        except Exception:  # noqa: BLE001 - report what is there
+            out[dist] = "?"
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def render(args, results, reinforce_seconds, started, load_before, load_after) -> str:
+    plain = statistics.median(results["plain"])
+    lines = [
+        BEGIN,
+        "## Training step time: DR vs plain CLIP vs online distillation",
+        "",
+        f"Measured {started} with `benchmarks/train_step.py` (one run, modes back to back).",
+        "",
+        f"- device: CPU, {cpu_name()}, {os.cpu_count()} cores visible, OMP_NUM_THREADS={args.threads}; "
+        f"load average before/after: {load_before} / {load_after} (the machine is shared)",
+        "- clock: "
+        + (
+            "CPU seconds of the (single-threaded) training process per step, immune to the other jobs on the "
+            "machine; equals wall time on an idle core"
+            if args.clock == "cpu"
+            else "wall-clock seconds per step"
+        ),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+        f"- student {args.student}, batch {args.batch_size}, precision {args.precision}, --workers {args.workers}; "
+        f"teachers {args.teachers} (random weights, same compute as trained ones); "
+        f"{args.rounds} interleaved round(s) of {args.steps} measured steps after {args.warmup_steps} warm-up "
+        "step(s) per mode, median",
+        "- command: `" + " ".join(["python benchmarks/train_step.py", *args.argv]) + "`",
+        f"- one-time cost of making the DR shards (`mobileclip2 reinforce`, {args.num_augmentations} augmentation(s) "
+        f"per image): {reinforce_seconds / args.samples:.2f} s per image",
+        "",
+        "| mode | what runs | s / step (median) | steps measured | vs plain |",
+        "|---|---|---:|---:|---:|",
+    ]
+    what = {
+        "plain": "upstream `open_clip_train.main`, CLIP loss",
+        "dr": "`mobileclip2.train` DR, stored embeddings, one caption/image",
+        "dr-syn": "`mobileclip2.train` DR, real + synthetic caption/image (Apple default)",
+        "online": "`mobileclip2.train` online distillation, live teachers",
+    }
+    for mode, times in results.items():
+        median = statistics.median(times)
+        lines.append(f"| {mode} | {what[mode]} | {median:.3f} | {len(times)} | {median / plain:.2f}x |")
+    dr = statistics.median(results["dr"])
+    online = statistics.median(results["online"])
+    lines += [
+        "",
+        f"- DR / plain = **{dr / plain:.2f}x** (target <= 1.1x: {'met' if dr / plain <= 1.1 else 'NOT met'})",
+        f"- online / DR = **{online / dr:.2f}x** (target >= 3x: {'met' if online / dr >= 3 else 'NOT met'})",
+        "",
+        "Raw step times (s): "
+        + "; ".join(f"{m}: {', '.join(f'{t:.3f}' for t in ts)}" for m, ts in results.items()),
+        END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--student", default="MobileCLIP2-S0")
+    parser.add_argument(
+        "--teachers",
+        default="ViT-L-14,ViT-L-14",
+        help="ensemble (Apple's MobileCLIP2 teachers are 2x ViT-L-14)",
+    )
+    parser.add_argument("--teachers-pretrained", default="N/A,N/A")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=3, help="measured steps per mode")
+    parser.add_argument("--warmup-steps", type=int, default=1)
+    parser.add_argument("--num-augmentations", type=int, default=1)
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="see the module docstring")
+    parser.add_argument("--threads", type=int, default=None, help="OMP threads per run (cpu clock: always 1)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all modes")
+    parser.add_argument("--modes", default="plain,dr,dr-syn,online")
+    parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
+    parser.add_argument("--workdir", default=None, help="keep data and logs here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.samples = args.batch_size * (args.steps + args.warmup_steps)
+    if args.clock == "cpu" or args.threads is None:
+        args.threads = 1 if args.clock == "cpu" else (os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import open_clip
+
+    from mobileclip2.train.reinforce import ReinforceOptions, reinforce
+    from mobileclip2.train.teachers import TeacherEnsemble, parse_teacher_specs
+
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load_before = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="mc2-train-bench-"))
+    size = open_clip.create_model(args.student).visual.preprocess_cfg["size"]
+    size = size if isinstance(size, int) else max(size)
+    plain = make_plain_shards(work / "plain", args.samples, size)
+    print(f"data: {args.samples} images in {work}", flush=True)
+
+    teachers = TeacherEnsemble.load(parse_teacher_specs(args.teachers, args.teachers_pretrained))
+    t0 = time.perf_counter()
+    options = ReinforceOptions(
+        num_augmentations=args.num_augmentations, batch_size=args.batch_size, overwrite=True
+    )
+    report = reinforce(plain, work / "dr", teachers, options, log=print)
+    reinforce_seconds = time.perf_counter() - t0
+    del teachers
+    print(f"reinforce: {reinforce_seconds:.1f}s", flush=True)
+
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    dr_flags = [
+        "--dataset-reinforcement",
+        "--dataset-reinforcement-config",
+        report.config_path,
+        "--distill-logit-scale",
+        "70",
+        "60",
+    ]
+    if len(args.teachers.split(",")) == 1:
+        dr_flags[-2:] = ["100"]
+    modes = {
+        "plain": ("open_clip_train.main", plain[0], []),
+        "dr": (
+            "mobileclip2.train",
+            report.shards[0],
+            dr_flags
+            + ["--dataset-reinforcement-mix-synthetic", "--dataset-reinforcement-mix-synthetic-ratio", "0.5"],
+        ),
+        "dr-syn": ("mobileclip2.train", report.shards[0], dr_flags),
+        "online": (
+            "mobileclip2.train",
+            plain[0],
+            ["--distill-model", args.teachers, "--distill-pretrained", args.teachers_pretrained],
+        ),
+    }
+    results = {mode: [] for mode in args.modes.split(",")}
+    for round_index in range(args.rounds):
+        for mode in results:
+            module, data, extra = modes[mode]
+            name = f"{mode}-{round_index}"
+            times, wall = run_mode(
+                train_command(module, args, data, name, logs, extra), logs, name, args.threads, args.clock
+            )
+            results[mode] += times[args.warmup_steps :]
+            print(f"{name}: {', '.join(f'{t:.3f}' for t in times)} s/step ({wall:.0f}s run)", flush=True)
+    load_after = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    section = render(args, results, reinforce_seconds, started, load_before, load_after)
+    print(section)
+    if {"plain", "dr", "online"} <= set(results):
+        write_section(Path(args.output), section)
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

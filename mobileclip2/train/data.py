@@ -1,0 +1,435 @@
+"""The DR webdataset pipeline: reinforced shards -> ``(images, texts)`` for the loop + teacher payloads.
+
+Shard layout (Apple's DataCompDR / DFNDR, see docs/training.md), per sample ``KEY``:
+
+* ``KEY.jpg`` (or png/jpeg/webp) image, ``KEY.txt`` caption;
+* ``KEY.paug.json``: ``{"param_aug": [params of augmentation 0, ...]}`` (a list, or the same
+  list JSON-encoded as a string, as on the Hugging Face copies), layout in mobileclip2.train.augment;
+* ``KEY.syn.json``: ``{"syn_text": [caption, ...], "syn_text_<tag>": [...], ...}``;
+* ``KEY.npz`` (float32, preferred when both exist) or ``KEY.pth.gz`` (gzip'd torch.save, often
+  bfloat16) holding ``image_emb`` [augmentations, D], ``text_emb`` [captions, D] and
+  ``<syn key>_emb`` [synthetic captions, D]. DataCompDR-12M instead appends the synthetic-caption
+  embeddings to ``text_emb`` (rows after the real captions); both layouts load.
+
+Per sample (Apple's ``preprocess_dr``): pick one stored augmentation and replay it at the
+student's size and normalization, pick one real caption, pick one synthetic caption (a random
+``syn.json`` key matching ``--dataset-reinforcement-syn-text-key-regex``, then a random caption),
+and take the matching stored teacher embeddings. ``--dataset-reinforcement-sample-sequential``
+picks by epoch instead of at random. With ``--dataset-reinforcement-mix-synthetic`` the synthetic
+caption replaces the real one with probability ``--dataset-reinforcement-mix-synthetic-ratio``
+and no separate synthetic-caption loss is computed; otherwise the batch's ``texts`` holds the
+``B`` real captions followed by the ``B`` synthetic ones (Apple's layout), so the unchanged loop
+embeds both with the student.
+
+Online distillation on DR shards (``--distill-model`` with ``--dataset-reinforcement``) draws a
+fresh augmentation from the config, as Apple's patch does, and needs no stored embeddings.
+
+Shard listing, shuffling, node/worker splitting, resampling and epoch sizing reuse
+open_clip_train.data's own pieces, so DR data is sharded exactly like open_clip_train's webdataset.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import math
+import random
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import MobileCLIP2Error
+from .augment import Augmentation, decode_image
+
+__all__ = [
+    "DRDataError",
+    "DRSampling",
+    "ShardLayout",
+    "build_dr_dataloader",
+    "inspect_shards",
+    "prepare_sample",
+]
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+EMBEDDING_KEYS = ("npz", "pth.gz")  # npz first: Apple prefers the fp32 copy when both exist
+
+# open_clip_train.data's shuffle buffers (module constants there, not public API).
+SHARD_SHUFFLE_SIZE, SHARD_SHUFFLE_INITIAL = 2000, 500
+SAMPLE_SHUFFLE_SIZE, SAMPLE_SHUFFLE_INITIAL = 5000, 1000
+
+
+class DRDataError(MobileCLIP2Error, ValueError):
+    """The shards cannot feed the requested training mode; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class DRSampling:
+    """How one training sample is drawn from a reinforced sample (Apple's DR flags)."""
+
+    mix_synthetic: bool = False
+    mix_synthetic_ratio: float = 0.0
+    sample_sequential: bool = False
+    syn_text_key_regex: str = r"^syn_text.*$"
+    online: bool = False  # live teachers: fresh augmentation, stored embeddings unused
+
+    @property
+    def uses_synthetic(self) -> bool:
+        """Whether synthetic captions are read at all (mixing with ratio 0 never picks one)."""
+        return not (self.mix_synthetic and self.mix_synthetic_ratio <= 0.0)
+
+    @property
+    def separate_synthetic(self) -> bool:
+        """Whether each batch carries synthetic captions beside the real ones (the summed loss)."""
+        return self.uses_synthetic and not self.mix_synthetic
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding one raw sample (dict of extension -> bytes, as webdataset's tar reader yields).
+# ---------------------------------------------------------------------------------------------
+
+
+def _image_key(sample: Mapping[str, Any]) -> str | None:
+    return next((key for key in IMAGE_KEYS if key in sample), None)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, (bytes, bytearray, str)) else value
+
+
+def decode_embeddings(sample: Mapping[str, Any]) -> dict[str, np.ndarray | torch.Tensor]:
+    """The stored teacher embeddings of a sample as a dict of arrays (npz preferred)."""
+    if "npz" in sample:
+        with np.load(io.BytesIO(sample["npz"]), allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    if "pth.gz" in sample:
+        stored = torch.load(
+            io.BytesIO(gzip.decompress(sample["pth.gz"])), map_location="cpu", weights_only=True
+        )
+        if not isinstance(stored, Mapping):
+            raise DRDataError(
+                f"pth.gz of sample {sample.get('__key__')!r} holds {type(stored).__name__}, not a dict"
+            )
+        return dict(stored)
+    raise DRDataError(f"sample {sample.get('__key__')!r} has no stored embeddings (npz or pth.gz)")
+
+
+def augmentation_params(paug: Mapping[str, Any]) -> list:
+    """``paug.json`` -> list of stored parameter lists (accepts the JSON-string variant)."""
+    params = _json(paug["param_aug"])
+    if not isinstance(params, list) or not params:
+        raise DRDataError(f"paug.json 'param_aug' must be a non-empty list, got {type(params).__name__}")
+    return params
+
+
+def decode_sample(raw: Mapping[str, Any], online: bool) -> dict[str, Any]:
+    """Raw tar members -> image, captions, augmentation params, synthetic captions, embeddings."""
+    image_key = _image_key(raw)
+    sample = {
+        "__key__": raw.get("__key__"),
+        "image": decode_image(raw[image_key]),
+        "texts": [raw["txt"].decode("utf-8") if isinstance(raw["txt"], bytes) else raw["txt"]],
+        "syn": _json(raw["syn.json"]) if "syn.json" in raw else {},
+    }
+    if not online:
+        sample["params"] = augmentation_params(_json(raw["paug.json"]))
+        sample["emb"] = decode_embeddings(raw)
+    return sample
+
+
+def _pick(count: int, sequential: bool, epoch: int, rng: random.Random) -> int:
+    return epoch % count if sequential else rng.randrange(count)
+
+
+def _row(array, index: int) -> torch.Tensor:
+    row = array[index]
+    return (row if isinstance(row, torch.Tensor) else torch.from_numpy(np.asarray(row))).to(torch.float32)
+
+
+def synthetic_embedding(emb: Mapping[str, Any], syn_key: str, index: int, num_texts: int) -> torch.Tensor:
+    """Embedding of synthetic caption ``index`` of ``syn_key``, in either stored layout."""
+    if f"{syn_key}_emb" in emb:
+        return _row(emb[f"{syn_key}_emb"], index)
+    if len(emb["text_emb"]) > num_texts:  # DataCompDR-12M: synthetic rows follow the real ones
+        return _row(emb["text_emb"], num_texts + index)
+    raise DRDataError(f"no stored embeddings for synthetic captions {syn_key!r} (expected key {syn_key}_emb)")
+
+
+def prepare_sample(
+    sample: Mapping[str, Any],
+    augmentation: Augmentation,
+    tokenizer,
+    sampling: DRSampling,
+    epoch: int = 0,
+    rng: random.Random | None = None,
+) -> dict[str, Any]:
+    """One decoded sample -> student image/tokens and the matching teacher embeddings."""
+    rng = rng or random
+    if sampling.online:
+        image, _ = augmentation.augment(sample["image"])
+    else:
+        stored = sample["params"]
+        aug_index = _pick(len(stored), sampling.sample_sequential, epoch, rng)
+        image = augmentation.replay(sample["image"], augmentation.decompress(stored[aug_index]))
+
+    texts = sample["texts"]
+    caption_index = _pick(len(texts), sampling.sample_sequential, epoch, rng)
+    text = texts[caption_index]
+    out = {"image": image, "syn_text": None, "teacher": None}
+    if not sampling.online:
+        emb = sample["emb"]
+        image_emb = _row(emb["image_emb"], aug_index)
+        text_emb = _row(emb["text_emb"], caption_index)
+        syn_emb = None
+
+    syn_text = None
+    if sampling.uses_synthetic:
+        keys = [key for key in sample["syn"] if re.match(sampling.syn_text_key_regex, key)]
+        if not keys:
+            raise DRDataError(
+                f"sample {sample.get('__key__')!r} has no synthetic captions matching "
+                f"{sampling.syn_text_key_regex!r} (syn.json keys: {sorted(sample['syn'])})"
+            )
+        syn_key = keys[rng.randrange(len(keys))]
+        candidates = sample["syn"][syn_key]
+        candidates = [candidates] if isinstance(candidates, str) else candidates
+        syn_index = _pick(len(candidates), sampling.sample_sequential, epoch, rng)
+        syn_text = candidates[syn_index]
+        if not sampling.online:
+            syn_emb = synthetic_embedding(emb, syn_key, syn_index, len(texts))
+        if sampling.mix_synthetic:
+            if rng.random() < sampling.mix_synthetic_ratio:
+                text = syn_text
+                if not sampling.online:
+                    text_emb = syn_emb
+            syn_text, syn_emb = None, None
+
+    out["text"] = tokenizer([text])[0]
+    if syn_text is not None:
+        out["syn_text"] = tokenizer([syn_text])[0]
+    if not sampling.online:
+        out["teacher"] = (image_emb, text_emb, syn_emb)
+    return out
+
+
+def collate(samples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Prepared samples -> (images, texts, payload). ``texts`` = real captions then synthetic ones."""
+    images = torch.stack([s["image"] for s in samples])
+    texts = torch.stack([s["text"] for s in samples])
+    has_syn = samples[0]["syn_text"] is not None
+    if has_syn:
+        texts = torch.cat([texts, torch.stack([s["syn_text"] for s in samples])])
+    payload = {"batch_size": len(samples), "has_syn": has_syn}
+    if samples[0]["teacher"] is not None:
+        image_emb, text_emb, syn_emb = zip(*(s["teacher"] for s in samples))
+        payload["teacher"] = (
+            torch.stack(image_emb),
+            torch.stack(text_emb),
+            torch.stack(syn_emb) if has_syn else None,
+        )
+    return images, texts, payload
+
+
+def batches(samples: Iterable[dict[str, Any]], batch_size: int, partial_batches: bool) -> Iterator[tuple]:
+    """A webdataset stage: group prepared samples into collated batches."""
+    bucket = []
+    for sample in samples:
+        bucket.append(sample)
+        if len(bucket) == batch_size:
+            yield collate(bucket)
+            bucket = []
+    if bucket and partial_batches:
+        yield collate(bucket)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking the shards up front, so a wrong flag fails before training with a message.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """What the first sample of the first shard holds."""
+
+    keys: tuple[str, ...]
+    embedding_width: int | None
+    num_augmentations: int | None
+    syn_keys: tuple[str, ...]
+
+
+def first_sample(urls: str | list[str]) -> dict[str, Any]:
+    """The first raw sample of the first shard (local path or any URL webdataset can open)."""
+    from open_clip_train.data import expand_urls, tarfile_to_samples_nothrow
+
+    shard = expand_urls(urls)[0][0]
+    for sample in tarfile_to_samples_nothrow([{"url": shard}]):
+        return sample
+    raise DRDataError(f"shard {shard!r} holds no samples (or could not be read)")
+
+
+def inspect_shards(
+    urls: str | list[str], sampling: DRSampling, augmentation: Augmentation | None = None
+) -> ShardLayout:
+    """Check that the shards can feed ``sampling``; raise DRDataError naming what is missing."""
+    raw = first_sample(urls)
+    keys = tuple(sorted(k for k in raw if not k.startswith("__")))
+    hint = (
+        "make DR shards from plain image/caption shards with `mobileclip2 reinforce` (see docs/training.md), "
+        "or distill online from live teachers with --distill-model/--distill-pretrained"
+    )
+    missing = []
+    if _image_key(raw) is None:
+        missing.append("an image (" + "/".join(IMAGE_KEYS) + ")")
+    if "txt" not in raw:
+        missing.append("txt")
+    if not sampling.online:
+        missing += [key for key in ("paug.json",) if key not in raw]
+        if not any(key in raw for key in EMBEDDING_KEYS):
+            missing.append("stored teacher embeddings (npz or pth.gz)")
+    syn = _json(raw["syn.json"]) if "syn.json" in raw else {}
+    syn_keys = tuple(key for key in syn if re.match(sampling.syn_text_key_regex, key))
+    if sampling.uses_synthetic and not syn_keys:
+        missing.append(
+            f"synthetic captions (syn.json keys matching {sampling.syn_text_key_regex!r}; found "
+            f"{sorted(syn) if syn else 'no syn.json'}) -- or train on real captions only with "
+            "--dataset-reinforcement-mix-synthetic --dataset-reinforcement-mix-synthetic-ratio 0"
+        )
+    if missing:
+        raise DRDataError(
+            f"DR shards lack {', '.join(missing)} (sample {raw.get('__key__')!r} has keys {list(keys)}); {hint}"
+        )
+
+    width = num_augs = None
+    if not sampling.online:
+        emb = decode_embeddings(raw)
+        absent = [key for key in ("image_emb", "text_emb") if key not in emb]
+        if absent:
+            raise DRDataError(f"stored embeddings lack {absent} (have {sorted(emb)}); {hint}")
+        widths = {key: int(np.asarray(value[0]).shape[-1]) for key, value in emb.items()}
+        if len(set(widths.values())) != 1:
+            raise DRDataError(f"stored embeddings have different widths {widths}")
+        width = widths["image_emb"]
+        params = augmentation_params(_json(raw["paug.json"]))
+        num_augs = len(params)
+        if len(emb["image_emb"]) != num_augs:
+            raise DRDataError(f"{num_augs} stored augmentations but {len(emb['image_emb'])} image embeddings")
+        if augmentation is not None:
+            try:
+                augmentation.decompress(params[0])
+            except ValueError as error:
+                raise DRDataError(str(error)) from None
+        if sampling.uses_synthetic:
+            texts = 1
+            for key in syn_keys:
+                try:
+                    synthetic_embedding(emb, key, 0, texts)
+                except DRDataError as error:
+                    raise DRDataError(f"{error}; stored embeddings: {sorted(emb)}; {hint}") from None
+    return ShardLayout(keys=keys, embedding_width=width, num_augmentations=num_augs, syn_keys=syn_keys)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataloader, shaped like open_clip_train.data.get_wds_dataset.
+# ---------------------------------------------------------------------------------------------
+
+
+def _prepare_stage(samples, augmentation, tokenizer, sampling, shared_epoch, min_image_size, handler):
+    epoch_value = shared_epoch.get_value()
+    for raw in samples:
+        try:
+            if _image_key(raw) is None or "txt" not in raw:
+                continue
+            sample = decode_sample(raw, sampling.online)
+            if min_image_size is not None and min(sample["image"].size) < min_image_size:
+                continue
+            yield prepare_sample(sample, augmentation, tokenizer, sampling, epoch=epoch_value)
+        except Exception as error:  # noqa: BLE001 - same policy as open_clip_train: log and skip the sample
+            if handler(error):
+                continue
+            raise
+
+
+def build_dr_dataloader(
+    args, augmentation: Augmentation, sampling: DRSampling, tokenizer, epoch: int = 0, floor: bool = False
+):
+    """open_clip_train-style DataInfo whose loader yields (images, texts, payload) batches."""
+    import webdataset as wds
+    from open_clip_train.data import (
+        DataInfo,
+        ResampledShards2,
+        SharedEpoch,
+        detshuffle2,
+        expand_urls,
+        get_dataset_size,
+        log_and_continue,
+        tarfile_to_samples_nothrow,
+    )
+
+    shards = args.train_data
+    resampled = getattr(args, "dataset_resampled", False)
+    num_shards = None
+    if args.train_num_samples is not None:
+        num_samples = args.train_num_samples
+    else:
+        num_samples, num_shards = get_dataset_size(shards)
+        if not num_samples:
+            raise DRDataError("the number of training samples is unknown; pass --train-num-samples")
+    shared_epoch = SharedEpoch(epoch=epoch)
+    if resampled:
+        pipeline = [
+            ResampledShards2(
+                shards, weights=args.train_data_upsampling_factors, deterministic=True, epoch=shared_epoch
+            )
+        ]
+    else:
+        pipeline = [
+            wds.SimpleShardList(shards),
+            detshuffle2(
+                bufsize=SHARD_SHUFFLE_SIZE, initial=SHARD_SHUFFLE_INITIAL, seed=args.seed, epoch=shared_epoch
+            ),
+            wds.split_by_node,
+            wds.split_by_worker,
+        ]
+    pipeline += [
+        tarfile_to_samples_nothrow,
+        wds.shuffle(bufsize=SAMPLE_SHUFFLE_SIZE, initial=SAMPLE_SHUFFLE_INITIAL),
+        partial(
+            _prepare_stage,
+            augmentation=augmentation,
+            tokenizer=tokenizer,
+            sampling=sampling,
+            shared_epoch=shared_epoch,
+            min_image_size=getattr(args, "dataset_reinforcement_filter_image_size", None),
+            handler=log_and_continue,
+        ),
+        partial(batches, batch_size=args.batch_size, partial_batches=False),
+    ]
+    dataset = wds.DataPipeline(*pipeline)
+    if not resampled:
+        num_shards = num_shards or len(expand_urls(shards)[0])
+        if num_shards < args.workers * args.world_size:
+            raise DRDataError(
+                f"{num_shards} shards cannot feed {args.workers} workers x {args.world_size} processes; "
+                "use fewer --workers, more shards, or --dataset-resampled"
+            )
+    round_fn = math.floor if floor else math.ceil
+    global_batch_size = args.batch_size * args.world_size
+    num_batches = round_fn(num_samples / global_batch_size)
+    num_workers = max(1, args.workers)
+    num_worker_batches = round_fn(num_batches / num_workers)
+    num_batches = num_worker_batches * num_workers
+    num_samples = num_batches * global_batch_size
+    dataset = dataset.with_epoch(num_worker_batches)
+    loader = wds.WebLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=args.workers, persistent_workers=args.workers > 0
+    )
+    loader.num_batches = num_batches
+    loader.num_samples = num_samples
+    logging.info(f"DR data: {num_samples} samples per epoch in {num_batches} batches from {shards}")
+    return DataInfo(dataloader=loader, shared_epoch=shared_epoch)

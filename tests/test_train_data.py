@@ -1,0 +1,277 @@
+"""DR shards: `mobileclip2 reinforce` output round-trips through the training data pipeline.
+
+The stored teacher embeddings must equal the teachers' embeddings of the replayed augmentation,
+the loader must hand the loop (images, texts) and the loss the matching stored embeddings, and
+every way the shards can be unfit for a run must fail with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from train_support import brace, workspace
+
+from mobileclip2.train.augment import Augmentation, student_augmentation_config
+from mobileclip2.train.data import (
+    DRDataError,
+    DRSampling,
+    build_dr_dataloader,
+    decode_embeddings,
+    decode_sample,
+    inspect_shards,
+    prepare_sample,
+)
+from mobileclip2.train.reinforce import read_shard
+from mobileclip2.train.teachers import TeacherEnsemble, member_input, parse_teacher_specs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: one thread is faster than two spinning OpenMP threads on a shared 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    return workspace(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def teachers(ws):
+    specs = parse_teacher_specs([ws["models"]["teacher_a"], ws["models"]["teacher_b"]], "N/A,N/A")
+    return TeacherEnsemble.load(specs)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(ws):
+    import open_clip
+
+    return open_clip.get_tokenizer(ws["models"]["student"])
+
+
+def _config(path):
+    return json.loads(open(path).read())
+
+
+def test_reinforce_writes_apples_layout_and_a_config(ws, teachers):
+    config = _config(ws["dr_config"])
+    assert config["teacher_dimension"] == [32, 48] and config["num_samples"] == 3
+    assert config["teacher_logit_scale"] == pytest.approx(teachers.logit_scales)
+    assert config["reinforce"]["image_augmentation"]["random_resized_crop"]["size"] == [
+        48,
+        48,
+    ]  # largest teacher
+    plain, reinforced = read_shard(ws["plain"][0]), read_shard(ws["dr"][0])
+    assert [s["__key__"] for s in plain] == [s["__key__"] for s in reinforced]
+    for before, after in zip(plain, reinforced):
+        for key, value in before.items():
+            if key != "syn.json":
+                assert after[key] == value  # original bytes kept: replay decodes the same pixels
+        assert {"paug.json", "syn.json", "npz"} <= set(after)
+        emb = decode_embeddings(after)
+        assert emb["image_emb"].shape == (3, 80) and emb["text_emb"].shape == (1, 80)
+        assert emb["syn_text_emb"].shape == (2, 80)
+
+
+def test_stored_embeddings_equal_the_teachers_on_the_replayed_augmentation(ws, teachers):
+    config = _config(ws["dr_config"])["reinforce"]["image_augmentation"]
+    unit = Augmentation.from_config({k: v for k, v in config.items() if k != "normalize"})
+    for raw in read_shard(ws["dr"][1])[:4]:
+        sample = decode_sample(raw, online=False)
+        emb = decode_embeddings(raw)
+        views = torch.stack([unit.replay(sample["image"], unit.decompress(p)) for p in sample["params"]])
+        assert torch.allclose(
+            teachers.encode_unit_images(views), torch.from_numpy(emb["image_emb"]), atol=1e-5
+        )
+        assert torch.allclose(
+            teachers.encode_strings(sample["texts"], "cpu"), torch.from_numpy(emb["text_emb"]), atol=1e-5
+        )
+        syn = sample["syn"]["syn_text"]
+        assert torch.allclose(
+            teachers.encode_strings(syn, "cpu"), torch.from_numpy(emb["syn_text_emb"]), atol=1e-5
+        )
+        # Each member saw its own size and normalization of the same view.
+        first = views[:1]
+        a = teachers.members[0]
+        direct = torch.nn.functional.normalize(a.model.encode_image(member_input(first, a)), dim=-1)
+        assert torch.allclose(direct, torch.from_numpy(emb["image_emb"][:1, :32]), atol=1e-5)
+
+
+def _args(ws, **overrides):
+    values = dict(
+        train_data=brace(ws["dr"]),
+        train_num_samples=16,
+        batch_size=4,
+        workers=0,
+        world_size=1,
+        seed=0,
+        dataset_resampled=False,
+        train_data_upsampling_factors=None,
+        dataset_reinforcement_filter_image_size=None,
+    )
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def _student_augmentation(ws):
+    config = _config(ws["dr_config"])["reinforce"]["image_augmentation"]
+    return Augmentation.from_config(
+        student_augmentation_config(config, (64, 64), "bilinear", [0.0] * 3, [1.0] * 3)
+    )
+
+
+def test_loader_yields_replayed_images_real_then_synthetic_texts_and_matching_embeddings(ws, tokenizer):
+    augmentation = _student_augmentation(ws)
+    sampling = DRSampling(sample_sequential=True)  # epoch 0: augmentation 0, caption 0, synthetic caption 0
+    layout = inspect_shards(brace(ws["dr"]), sampling, augmentation)
+    assert layout.embedding_width == 80 and layout.num_augmentations == 3 and layout.syn_keys == ("syn_text",)
+    info = build_dr_dataloader(_args(ws), augmentation, sampling, tokenizer)
+    assert info.dataloader.num_batches == 4 and info.dataloader.num_samples == 16
+    by_text = {}
+    for shard in ws["dr"]:
+        for raw in read_shard(shard):
+            by_text[raw["txt"].decode()] = raw
+    batches = list(info.dataloader)
+    assert len(batches) == 4
+    images, texts, payload = batches[0]
+    assert images.shape == (4, 3, 64, 64) and texts.shape == (8, 77)
+    assert payload["batch_size"] == 4 and payload["has_syn"]
+    image_emb, text_emb, syn_emb = payload["teacher"]
+    assert image_emb.shape == text_emb.shape == syn_emb.shape == (4, 80)
+    from open_clip import decode
+
+    for row in range(4):
+        caption = decode(texts[row]).replace("<start_of_text>", "").split("<end_of_text>")[0].strip()
+        raw = next(r for t, r in by_text.items() if t.lower() == caption)
+        sample = decode_sample(raw, online=False)
+        emb = decode_embeddings(raw)
+        assert torch.equal(
+            images[row], augmentation.replay(sample["image"], augmentation.decompress(sample["params"][0]))
+        )
+        assert torch.equal(image_emb[row], torch.from_numpy(emb["image_emb"][0]))
+        assert torch.equal(text_emb[row], torch.from_numpy(emb["text_emb"][0]))
+        assert torch.equal(syn_emb[row], torch.from_numpy(emb["syn_text_emb"][0]))
+        assert torch.equal(texts[4 + row], tokenizer([sample["syn"]["syn_text"][0]])[0])
+
+
+def test_mixing_synthetic_captions_swaps_text_and_embedding(ws, tokenizer):
+    augmentation = _student_augmentation(ws)
+    raw = read_shard(ws["dr"][0])[0]
+    sample = decode_sample(raw, online=False)
+    emb = decode_embeddings(raw)
+    always = prepare_sample(
+        sample,
+        augmentation,
+        tokenizer,
+        DRSampling(mix_synthetic=True, mix_synthetic_ratio=1.0, sample_sequential=True),
+    )
+    assert always["syn_text"] is None and always["teacher"][2] is None
+    assert torch.equal(always["text"], tokenizer([sample["syn"]["syn_text"][0]])[0])
+    assert torch.equal(always["teacher"][1], torch.from_numpy(emb["syn_text_emb"][0]))
+    never = prepare_sample(
+        sample, augmentation, tokenizer, DRSampling(mix_synthetic=True, mix_synthetic_ratio=0.0)
+    )
+    assert torch.equal(never["text"], tokenizer(sample["texts"])[0])
+    assert torch.equal(never["teacher"][1], torch.from_numpy(emb["text_emb"][0]))
+
+
+def test_online_mode_draws_fresh_augmentations_and_needs_no_embeddings(ws, tokenizer):
+    augmentation = _student_augmentation(ws)
+    raw = {k: v for k, v in read_shard(ws["dr"][0])[0].items() if k not in ("npz", "paug.json")}
+    sampling = DRSampling(online=True)
+    inspect_shards(ws["dr"][0], sampling)  # embeddings not required
+    first = prepare_sample(decode_sample(raw, online=True), augmentation, tokenizer, sampling)
+    second = prepare_sample(decode_sample(raw, online=True), augmentation, tokenizer, sampling)
+    assert first["teacher"] is None and first["syn_text"] is not None
+    assert first["image"].shape == (3, 64, 64) and not torch.equal(first["image"], second["image"])
+
+
+def test_bfloat16_pth_gz_and_datacompdr_v1_layout_load(ws, tokenizer):
+    """DataCompDR-12M: bf16 pth.gz, param_aug as a JSON string, synthetic rows appended to text_emb."""
+    augmentation = _student_augmentation(ws)
+    raw = dict(read_shard(ws["dr"][0])[0])
+    emb = decode_embeddings(raw)
+    merged = torch.cat([torch.from_numpy(emb["text_emb"]), torch.from_numpy(emb["syn_text_emb"])])
+    buffer = io.BytesIO()
+    torch.save(
+        {"image_emb": torch.from_numpy(emb["image_emb"]).bfloat16(), "text_emb": merged.bfloat16()}, buffer
+    )
+    raw.pop("npz")
+    raw["pth.gz"] = gzip.compress(buffer.getvalue())
+    raw["paug.json"] = json.dumps(
+        {"param_aug": json.dumps(json.loads(raw["paug.json"])["param_aug"])}
+    ).encode()
+    sample = decode_sample(raw, online=False)
+    out = prepare_sample(sample, augmentation, tokenizer, DRSampling(sample_sequential=True), epoch=1)
+    image_emb, text_emb, syn_emb = out["teacher"]
+    assert image_emb.dtype == torch.float32
+    assert torch.allclose(image_emb, torch.from_numpy(emb["image_emb"][1]), atol=1e-2)
+    assert torch.allclose(
+        syn_emb, torch.from_numpy(emb["syn_text_emb"][1]), atol=1e-2
+    )  # row 1 + 1 of text_emb
+    assert torch.allclose(text_emb, torch.from_numpy(emb["text_emb"][0]), atol=1e-2)
+
+
+def test_plain_shards_are_refused_with_what_is_missing_and_what_to_run(ws):
+    with pytest.raises(DRDataError) as error:
+        inspect_shards(ws["plain"][0], DRSampling())
+    message = str(error.value)
+    assert "paug.json" in message and "npz or pth.gz" in message and "mobileclip2 reinforce" in message
+
+
+def test_missing_synthetic_captions_point_to_the_real_caption_only_mode(ws, tmp_path):
+    from train_support import make_plain_shards
+
+    bare = make_plain_shards(tmp_path, num_shards=1, per_shard=2, syn=False)
+    with pytest.raises(DRDataError, match="mix-synthetic-ratio 0"):
+        inspect_shards(bare[0], DRSampling(online=True))
+    inspect_shards(bare[0], DRSampling(online=True, mix_synthetic=True, mix_synthetic_ratio=0.0))
+
+
+def test_wrong_config_and_widths_are_refused(ws):
+    other = Augmentation.from_config(
+        {"random_resized_crop": {"size": 64}, "random_horizontal_flip": {}, "to_tensor": {}}
+    )
+    with pytest.raises(DRDataError, match="--dataset-reinforcement-config"):
+        inspect_shards(ws["dr"][0], DRSampling(), other)
+    from mobileclip2.train.args import TrainArgsError, resolve_teacher_dims, resolve_teacher_scales
+
+    assert resolve_teacher_dims([-1], [32, 48], 80) == [32, 48]
+    assert resolve_teacher_dims([-1], None, 80) == [80]
+    with pytest.raises(TrainArgsError, match="does not split"):
+        resolve_teacher_dims([40, 48], None, 80)
+    with pytest.raises(TrainArgsError, match="contradicts"):
+        resolve_teacher_dims([48, 32], [32, 48], 80)
+    assert resolve_teacher_scales([100.0], None, 2, "x") == [100.0, 100.0]
+    with pytest.raises(TrainArgsError, match="--distill-logit-scale"):
+        resolve_teacher_scales(None, None, 2, "the DR shards")
+
+
+def test_captioner_adds_synthetic_captions(ws, teachers, tmp_path):
+    from train_support import COCA_CONFIG, make_plain_shards, write_model_dir
+
+    from mobileclip2.train.reinforce import ReinforceOptions, reinforce
+
+    coca = write_model_dir(tmp_path / "coca", COCA_CONFIG, seed=3)
+    plain = make_plain_shards(tmp_path / "plain", num_shards=1, per_shard=3, syn=False)
+    options = ReinforceOptions(
+        num_augmentations=1, captioner=coca, num_captions=2, caption_key="syn_text_coca", bfloat16=True
+    )
+    report = reinforce(plain, tmp_path / "dr", teachers, options, log=lambda _: None)
+    assert report.samples == 3
+    for raw in read_shard(report.shards[0]):
+        syn = json.loads(raw["syn.json"])
+        assert list(syn) == ["syn_text_coca"] and len(syn["syn_text_coca"]) == 2
+        assert all(isinstance(caption, str) for caption in syn["syn_text_coca"])
+        emb = decode_embeddings(raw)
+        assert emb["syn_text_coca_emb"].dtype == torch.bfloat16 and emb["syn_text_coca_emb"].shape == (2, 80)
+        assert isinstance(emb["image_emb"], torch.Tensor) and not isinstance(emb["image_emb"], np.ndarray)
