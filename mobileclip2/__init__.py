@@ -12,6 +12,8 @@ _LAZY_API = {
     "list_models": ("mobileclip2.catalog", "list_models"),
     "reparameterize": ("mobileclip2.reparam", "reparameterize"),
     "convert_checkpoint": ("mobileclip2.convert", "convert_checkpoint"),
+    "optimize": ("mobileclip2.inference", "optimize"),
+    "export": ("mobileclip2.exporting", "export"),
 }
 
 __all__ = ["__version__", *_LAZY_API]

@@ -16,6 +16,9 @@ SUBCOMMANDS = {
     "check": "mobileclip2.commands.check",
     "convert": "mobileclip2.commands.convert",
     "reinforce": "mobileclip2.commands.reinforce",
+    "export": "mobileclip2.commands.export",
+    "classify": "mobileclip2.commands.classify",
+    "bench": "mobileclip2.commands.bench",
 }
 
 

@@ -217,11 +217,28 @@ def _check_model_and_tag(model_name: str, pretrained: str | None) -> None:
         return
     name = model_name.replace("/", "-")
     if factory.get_model_config(name) is None:
-        raise UnknownModelError(model_name, factory.list_models())
+        known = factory.list_models()
+        raise UnknownModelError(model_name, known, hint=_tag_in_name_hint(name, known))
     if not pretrained or pretrained.lower() == "openai" or os.path.isfile(pretrained):
         return
     if not open_clip_pretrained.is_pretrained_cfg(name, pretrained):
-        raise UnknownPretrainedTagError(name, pretrained, open_clip_pretrained.list_pretrained_tags_by_model(name))
+        raise UnknownPretrainedTagError(
+            name, pretrained, open_clip_pretrained.list_pretrained_tags_by_model(name)
+        )
+
+
+def _tag_in_name_hint(name: str, known: Iterable[str]) -> str:
+    """'MobileCLIP-B-LT' is 'MobileCLIP-B' with tag 'datacompdr_lt': Hub repo names mix the two."""
+    from open_clip.pretrained import list_pretrained_tags_by_model
+
+    for model in known:
+        if not name.lower().startswith(model.lower() + "-"):
+            continue
+        suffix = name[len(model) + 1 :].lower().replace("-", "_")
+        for tag in list_pretrained_tags_by_model(model):
+            if tag == suffix or tag.endswith("_" + suffix):
+                return f"{name!r} is open_clip model {model!r} with pretrained={tag!r}."
+    return ""
 
 
 def _weights_error_in_chain(error: BaseException) -> WeightsUnavailableError | None:
@@ -238,9 +255,38 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+# Preprocessing a model's weights were trained with, by model name (see install_factory_hooks).
+_LOCAL_FILE_PREPROCESS: dict[str, dict[str, Any]] = {}
+
+
+def _with_local_file_preprocess(signature, model_name, pretrained, args, kwargs) -> tuple[tuple, dict]:
+    """For a local checkpoint file, start from the model's own preprocessing instead of open_clip's
+    generic defaults (OpenAI mean/std, bicubic), which are wrong for most MobileCLIP weights.
+
+    open_clip 2.24-3.3 merge preprocessing only from a *tag*'s cfg; a file path gets the generic
+    defaults. Values the caller passes (image_mean=..., force_preprocess_cfg=...) still win.
+    """
+    defaults = _LOCAL_FILE_PREPROCESS.get(str(model_name).replace("/", "-"))
+    if not defaults or not pretrained or not os.path.isfile(str(pretrained)):
+        return args, kwargs
+    bound = signature.bind_partial(model_name, pretrained, *args, **kwargs)
+    if "force_preprocess_cfg" not in signature.parameters:
+        return args, kwargs
+    bound.arguments["force_preprocess_cfg"] = {
+        **defaults,
+        **(bound.arguments.get("force_preprocess_cfg") or {}),
+    }
+    return bound.args[2:], bound.kwargs
+
+
 def _wrap_create_model(original: Callable) -> Callable:
+    import inspect
+
+    signature = inspect.signature(original)
+
     def create_model(model_name, pretrained=None, *args, **kwargs):
         _check_model_and_tag(model_name, pretrained)
+        args, kwargs = _with_local_file_preprocess(signature, model_name, pretrained, args, kwargs)
         try:
             return original(model_name, pretrained, *args, **kwargs)
         except RuntimeError as error:
@@ -266,7 +312,9 @@ def _wrap_download_pretrained(original: Callable) -> Callable:
         try:
             return original(cfg, *args, **kwargs)
         except Exception as error:  # noqa: BLE001 - any failure here means "weights not obtainable"
-            raise WeightsUnavailableError(_describe_source(cfg or {}), error, offline=_hub_offline()) from error
+            raise WeightsUnavailableError(
+                _describe_source(cfg or {}), error, offline=_hub_offline()
+            ) from error
 
     return _mark_wrapper(download_pretrained, original)
 
@@ -303,18 +351,22 @@ def _wrap_load_checkpoint(original: Callable) -> Callable:
             convert = getattr(factory, "convert_state_dict", None)  # open_clip >= 2.26.1
             if convert is not None:
                 state_dict = convert(model, state_dict)
-            summary = summarize_mismatch(model.state_dict(), state_dict, source=f"checkpoint {str(checkpoint_path)!r}")
+            summary = summarize_mismatch(
+                model.state_dict(), state_dict, source=f"checkpoint {str(checkpoint_path)!r}"
+            )
             summary += _describe_as_read(factory.load_state_dict, checkpoint_path)
             raise CheckpointMismatchError(summary) from error
 
     return _mark_wrapper(load_checkpoint, original)
 
 
-def install_factory_hooks() -> None:
-    """Clear errors for bad names/tags/files/downloads, and state_dict conversion on load."""
+def install_factory_hooks(local_file_preprocess: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Clear errors for bad names/tags/files/downloads, state_dict conversion on load, and
+    ``local_file_preprocess`` (model name -> preprocess keys) for checkpoints given as file paths."""
     import open_clip
     from open_clip import factory
 
+    _LOCAL_FILE_PREPROCESS.update({name: dict(cfg) for name, cfg in (local_file_preprocess or {}).items()})
     wrappers = {
         "create_model": _wrap_create_model,
         "download_pretrained": _wrap_download_pretrained,
@@ -453,7 +505,9 @@ def enable_coca_sampling() -> bool:
     def generate(self, *args, **kwargs):
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
-        if bound.arguments.get("generation_type") == "beam_search" and not hasattr(coca_model, "BeamSearchScorer"):
+        if bound.arguments.get("generation_type") == "beam_search" and not hasattr(
+            coca_model, "BeamSearchScorer"
+        ):
             from .errors import GenerationUnavailableError
 
             raise GenerationUnavailableError(

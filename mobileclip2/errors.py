@@ -10,14 +10,30 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+# Characters people swap when typing model names: letter O / digit 0, letters l, I / digit 1.
+_CONFUSABLES = str.maketrans({"o": "0", "l": "1", "i": "1"})
+
+
+def _skeleton(name: str) -> str:
+    return name.lower().translate(_CONFUSABLES)
+
 
 def close_matches(word: str, candidates: Iterable[str], limit: int = 5) -> list[str]:
-    """Candidates that look like `word`, case-insensitively, best first."""
-    by_lower = {}
+    """Candidates that look like `word`, best first, treating O/0 and l/I/1 as near-identical.
+
+    Ranking by the look-alike skeleton first means 'MobileCLIP2-SO' suggests 'MobileCLIP2-S0'
+    before 'MobileCLIP2-S4'; plain case-insensitive similarity breaks ties.
+    """
+    candidates = list(dict.fromkeys(candidates))
+    target, lowered = _skeleton(word), word.lower()
+    scored = []
     for candidate in candidates:
-        by_lower.setdefault(candidate.lower(), candidate)
-    hits = difflib.get_close_matches(word.lower(), list(by_lower), n=limit, cutoff=0.6)
-    return [by_lower[hit] for hit in hits]
+        looks = difflib.SequenceMatcher(None, target, _skeleton(candidate)).ratio()
+        spelled = difflib.SequenceMatcher(None, lowered, candidate.lower()).ratio()
+        if max(looks, spelled) >= 0.6:
+            scored.append((looks, spelled, candidate))
+    scored.sort(key=lambda item: (-item[0], -item[1]))
+    return [candidate for _, _, candidate in scored[:limit]]
 
 
 class MobileCLIP2Error(Exception):
@@ -25,10 +41,12 @@ class MobileCLIP2Error(Exception):
 
 
 class UnknownModelError(MobileCLIP2Error, RuntimeError):
-    def __init__(self, name: str, known: Iterable[str]):
+    def __init__(self, name: str, known: Iterable[str], hint: str = ""):
         self.name = name
         self.suggestions = close_matches(name, known)
-        hint = f" Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
+        hint = f" {hint}" if hint else ""
+        if self.suggestions:
+            hint += f" Did you mean: {', '.join(self.suggestions)}?"
         super().__init__(
             f"Unknown model name {name!r}.{hint} "
             "`open_clip.list_models()` lists every name; `mobileclip2 list` lists the MobileCLIP ones."

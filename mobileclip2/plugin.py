@@ -107,14 +107,18 @@ def register(force_backfill: bool = False) -> Registration:
     _in_progress.add("open_clip")
     try:
         from . import compat
-        from .pretrained import pretrained_table
+        from .pretrained import preprocess_defaults, pretrained_table
 
         register_timm(force_backfill)
-        _OPEN_CLIP_STATE.configs_backfilled = compat.add_model_config_files(config_files(), replace=force_backfill)
-        _OPEN_CLIP_STATE.tags_backfilled = compat.add_pretrained_cfgs(pretrained_table(), replace=force_backfill)
+        _OPEN_CLIP_STATE.configs_backfilled = compat.add_model_config_files(
+            config_files(), replace=force_backfill
+        )
+        _OPEN_CLIP_STATE.tags_backfilled = compat.add_pretrained_cfgs(
+            pretrained_table(), replace=force_backfill
+        )
         for kind, target in TEXT_TOWERS.items():
             compat.register_text_tower(kind, _lazy_builder(target))
-        compat.install_factory_hooks()
+        compat.install_factory_hooks(local_file_preprocess=preprocess_defaults())
         compat.add_state_dict_converter(_convert_if_apple_v1, describe=_describe_apple_v1)
         compat.enable_coca_sampling()
         _OPEN_CLIP_STATE.done = True

@@ -45,3 +45,20 @@ def hub_location(cfg: dict[str, Any]) -> tuple[str, str]:
     if not filename:  # 'org/repo/' form
         repo_id, filename = cfg["hf_hub"].rstrip("/"), HF_WEIGHTS_NAME
     return repo_id, filename
+
+
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+
+
+def preprocess_defaults() -> dict[str, dict[str, Any]]:
+    """Model name -> the preprocessing all of its tags share (names whose tags disagree are left out).
+
+    Used for checkpoints passed as file paths, which open_clip would otherwise preprocess with its
+    generic OpenAI defaults.
+    """
+    defaults = {}
+    for model, tags in pretrained_table().items():
+        variants = {tuple((key, cfg[key]) for key in PREPROCESS_KEYS if key in cfg) for cfg in tags.values()}
+        if len(variants) == 1:
+            defaults[model] = dict(variants.pop())
+    return defaults

@@ -22,13 +22,9 @@ OLDEST_PAIR = ("2.24.0", "0.9.16")
 NEWEST_PAIR = ("3.3.0", "1.0.31")
 
 
-def pair_dir(open_clip_version: str, timm_version: str) -> Path:
-    return CACHE_ROOT / f"open_clip-{open_clip_version}_timm-{timm_version}"
-
-
-def ensure_pair(open_clip_version: str, timm_version: str) -> Path:
-    """Install the pair into its cache directory once (file-locked for parallel callers)."""
-    target = pair_dir(open_clip_version, timm_version)
+def ensure_target(name: str, requirements: list[str]) -> Path:
+    """`pip install --no-deps --target CACHE_ROOT/name *requirements` once (file-locked for parallel callers)."""
+    target = CACHE_ROOT / name
     marker = target / ".installed"
     if marker.exists():
         return target
@@ -36,23 +32,27 @@ def ensure_pair(open_clip_version: str, timm_version: str) -> Path:
     with open(CACHE_ROOT / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not marker.exists():
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--no-deps",
-                    "--target",
-                    str(target),
-                    f"open_clip_torch=={open_clip_version}",
-                    f"timm=={timm_version}",
-                ],
-                check=True,
-            )
-            marker.write_text(json.dumps({"open_clip": open_clip_version, "timm": timm_version}))
+            command = [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--target",
+                str(target),
+            ]
+            subprocess.run([*command, *requirements], check=True)
+            marker.write_text(json.dumps(requirements))
     return target
+
+
+def ensure_pair(open_clip_version: str, timm_version: str) -> Path:
+    """An open_clip/timm pair beside the shared torch, installed once."""
+    return ensure_target(
+        f"open_clip-{open_clip_version}_timm-{timm_version}",
+        [f"open_clip_torch=={open_clip_version}", f"timm=={timm_version}"],
+    )
 
 
 def env_for(target: Path | None, **extra: str) -> dict[str, str]:

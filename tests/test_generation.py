@@ -51,7 +51,9 @@ def test_min_length_forbids_eos_until_reached():
     early = MinLengthLogitsProcessor(3, eos_token_id=4)(torch.zeros(2, 2, dtype=torch.long), scores)
     assert early[:, 4].tolist() == [NEG_INF, NEG_INF] and early[:, :4].eq(0).all()
     assert scores.eq(0).all()  # input untouched
-    late = MinLengthLogitsProcessor(3, eos_token_id=torch.tensor(4))(torch.zeros(2, 3, dtype=torch.long), scores)
+    late = MinLengthLogitsProcessor(3, eos_token_id=torch.tensor(4))(
+        torch.zeros(2, 3, dtype=torch.long), scores
+    )
     assert late.eq(0).all()
 
 

@@ -93,10 +93,38 @@ def test_local_file_loads_exactly(tmp_path, s0_state):
     _assert_same_tensors(model.state_dict(), s0_state)
 
 
+def test_local_file_gets_the_models_preprocessing_unless_overridden(tmp_path, s0_state):
+    path = tmp_path / "s0.pt"
+    torch.save(s0_state, path)
+    _, _, preprocess = open_clip.create_model_and_transforms("MobileCLIP2-S0", pretrained=str(path))
+    model = open_clip.create_model("MobileCLIP2-S0", pretrained=str(path))
+    tag_cfg = open_clip.get_pretrained_cfg("MobileCLIP2-S0", "dfndr2b")
+    for key in ("mean", "std", "interpolation", "resize_mode"):
+        assert model.visual.preprocess_cfg[key] == tag_cfg[key], key
+    assert preprocess.transforms[-1].mean == (0.0, 0.0, 0.0)  # open_clip alone would use OpenAI's mean
+    explicit = open_clip.create_model(
+        "MobileCLIP2-S0", pretrained=str(path), force_preprocess_cfg={"mean": (0.5,) * 3}
+    )
+    assert (
+        explicit.visual.preprocess_cfg["mean"] == (0.5,) * 3
+        and explicit.visual.preprocess_cfg["std"] == (1.0,) * 3
+    )
+    # Random init keeps open_clip's defaults (training from scratch is the user's choice).
+    assert (
+        open_clip.create_model("MobileCLIP2-S0").visual.preprocess_cfg["mean"]
+        == open_clip.OPENAI_DATASET_MEAN
+    )
+
+
+def test_hub_repo_style_name_points_at_the_tag():
+    with pytest.raises(UnknownModelError, match="'MobileCLIP-B' with pretrained='datacompdr_lt'"):
+        open_clip.create_model("MobileCLIP-B-LT")
+
+
 def test_unknown_model_suggests_close_names():
     with pytest.raises(UnknownModelError) as info:
         open_clip.create_model_and_transforms("MobileCLIP2-SO", pretrained="dfndr2b")
-    assert "MobileCLIP2-S0" in info.value.suggestions
+    assert info.value.suggestions[0] == "MobileCLIP2-S0"  # O/0 look alike: the best guess comes first
     assert isinstance(info.value, RuntimeError)  # what open_clip raises for this, so old handlers still work
 
 

@@ -1,0 +1,68 @@
+"""`mobileclip2 bench NAME`: latency of upstream eager, mobileclip2.optimize and onnxruntime, one model.
+
+A quick, single-model version of benchmarks/inference.py (which runs the documented comparison
+across models and writes docs/benchmarks.md). Random weights unless --pretrained is given: speed
+does not depend on the weights' values.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Time one model's towers: upstream open_clip+timm vs mobileclip2.optimize vs onnxruntime."
+RUNTIMES = ("upstream", "ours", "onnxruntime")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="open_clip model name, e.g. MobileCLIP2-S0")
+    parser.add_argument(
+        "--pretrained", default=None, help="pretrained tag or local file (default: random weights)"
+    )
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
+    parser.add_argument("--tower", choices=("image", "text", "both"), default="both")
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        choices=RUNTIMES,
+        default=list(RUNTIMES),
+        help="what to compare (default all)",
+    )
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds per runtime (default 10)")
+
+
+def format_rows(results) -> str:
+    lines = [
+        f"{'tower':<6} {'batch':>5} {'runtime':<12} {'median ms':>10} {'GFLOP/s':>8} {'vs upstream':>11}"
+    ]
+    base = {(r.tower, r.batch): r.seconds for r in results if r.runtime == "upstream"}
+    for r in results:
+        ratio = base.get((r.tower, r.batch))
+        speedup = f"{ratio / r.seconds:.2f}x" if ratio else "-"
+        lines.append(
+            f"{r.tower:<6} {r.batch:>5} {r.runtime:<12} {r.seconds * 1e3:>10.1f} {r.gflops_per_s:>8.1f} {speedup:>11}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from mobileclip2.benchmarking import benchmark_model
+    from mobileclip2.errors import MobileCLIP2Error
+
+    towers = ("image", "text") if args.tower == "both" else (args.tower,)
+    try:
+        results = benchmark_model(
+            args.name,
+            batches=tuple(args.batch_size),
+            towers=towers,
+            runtimes=tuple(args.runtimes),
+            pretrained=args.pretrained,
+            rounds=lambda batch: args.rounds,
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    except (MobileCLIP2Error, ValueError, ImportError) as error:
+        print(f"mobileclip2 bench: error: {error}", file=sys.stderr)
+        return 1
+    print(format_rows(results))
+    return 0
