@@ -8,6 +8,7 @@ caption produce finite embeddings of the configured width. Exit status 1 if any 
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 
 HELP = "Build each model through open_clip.create_model, run one forward, print a table; exit 1 on failure."
@@ -25,7 +26,11 @@ def check_one(name: str) -> dict:
     from mobileclip2.commands.info import tower_parameter_counts
 
     started = time.perf_counter()
-    model = open_clip.create_model(name).eval()
+    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly" for every model: intended here
+    try:
+        model = open_clip.create_model(name).eval()
+    finally:
+        logging.disable(logging.NOTSET)
     tokenizer = open_clip.get_tokenizer(name)
     size = model.visual.preprocess_cfg["size"]
     height, width = (size, size) if isinstance(size, int) else size
@@ -47,7 +52,7 @@ def check_one(name: str) -> dict:
     }
 
 
-ROW = "{:<26} {:<11} {:<20} {:>7}  {}"
+ROW = "{:<26} {:<11} {:<26} {:>7}  {}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     infos = {info.name: info for info in list_models()}
     names = args.models or list(infos)
     failures = 0
-    print(ROW.format("model", "source", "params (img + txt)", "time", "status"), flush=True)
+    print(ROW.format("model", "source", "params img + txt (unfused)", "time", "status"), flush=True)
     for name in names:
         try:
             result = check_one(name)

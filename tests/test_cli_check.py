@@ -1,0 +1,34 @@
+"""`mobileclip2 check` and `mobileclip2 info`: the smoke test users run after installing."""
+
+from __future__ import annotations
+
+import re
+
+from mobileclip2 import cli
+
+
+def test_check_builds_and_runs_a_model(capsys):
+    assert cli.main(["check", "MobileCLIP2-S0", "MobileCLIP-S0"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:] if line.startswith("MobileCLIP")}
+    assert set(rows) == {"MobileCLIP2-S0", "MobileCLIP-S0"}
+    assert re.search(r"MobileCLIP2-S0\s+native\s+11\.4M \+ 63\.4M\s+[\d.]+s\s+ok", rows["MobileCLIP2-S0"])
+    assert re.search(r"MobileCLIP-S0\s+backfilled\s+11\.4M \+ 42\.4M\s+[\d.]+s\s+ok", rows["MobileCLIP-S0"])
+    assert out.strip().endswith("2 passed, 0 failed")
+
+
+def test_check_fails_loudly_and_keeps_going(capsys):
+    assert cli.main(["check", "MobileCLIP2-SO", "MobileCLIP2-S0"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: UnknownModelError: Unknown model name 'MobileCLIP2-SO'" in out
+    assert re.search(r"MobileCLIP2-S0\s+native .* ok", out)
+    assert out.strip().endswith("1 passed, 1 failed")
+
+
+def test_info_shows_towers_preprocessing_and_hub_files(capsys):
+    assert cli.main(["info", "MobileCLIP-S0"]) == 0
+    out = capsys.readouterr().out
+    assert "timm fastvit_mci0" in out and "mobileclip_mct" in out
+    assert "11.4M image + 42.4M text" in out
+    assert "hub file      : apple/MobileCLIP-S0/mobileclip_s0.pt" in out
+    assert "mean / std    : (0.0, 0.0, 0.0) / (1.0, 1.0, 1.0)" in out
