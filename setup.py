@@ -13,8 +13,13 @@ from setuptools.command.build_py import build_py
 
 PTH_NAME = "mobileclip2-autoload.pth"
 # One line, executed by `site` at interpreter start. It imports only a tiny module that arms
-# a post-import hook; torch/open_clip are not imported here.
-PTH_LINE = "import mobileclip2._autoload\n"
+# a post-import hook; torch/open_clip are not imported here. The find_spec guard keeps every
+# Python start silent when the package's files are gone but the .pth is not (an editable install
+# whose checkout was deleted, a half-finished uninstall) instead of printing a traceback.
+PTH_LINE = (
+    'import importlib.util as _mobileclip2_util; _mobileclip2_util.find_spec("mobileclip2") is not None '
+    'and __import__("mobileclip2._autoload")\n'
+)
 
 
 class BuildPyWithAutoloadPth(build_py):

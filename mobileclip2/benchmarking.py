@@ -16,14 +16,13 @@ GFLOP/s are compared with dense-matmul GFLOP/s measured in the same process.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,25 +52,13 @@ def cpu_description() -> str:
     return platform.processor() or platform.machine()
 
 
-@contextlib.contextmanager
-def _mha_fastpath_disabled() -> Iterator[None]:
-    backend = getattr(torch.backends, "mha", None)
-    if backend is None or not hasattr(backend, "set_fastpath_enabled"):
-        yield
-        return
-    previous = backend.get_fastpath_enabled()
-    backend.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        backend.set_fastpath_enabled(previous)
-
-
 def count_flops(fn: Callable[[torch.Tensor], Any], inputs: torch.Tensor) -> int:
     """FLOPs of one call (multiply-add = 2 FLOPs), counted by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), _mha_fastpath_disabled(), FlopCounterMode(display=False) as counter:
+    from .exporting import mha_fastpath_disabled
+
+    with torch.no_grad(), mha_fastpath_disabled(), FlopCounterMode(display=False) as counter:
         fn(inputs)
     return int(counter.get_total_flops())
 

@@ -86,8 +86,9 @@ def text_encoder(model: nn.Module, normalize: bool = False) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _mha_fastpath_disabled() -> Iterator[None]:
-    """nn.MultiheadAttention's fused inference kernel cannot be exported by the TorchScript exporter."""
+def mha_fastpath_disabled() -> Iterator[None]:
+    """Switch off nn.MultiheadAttention's fused inference kernel, which the TorchScript exporter and
+    FLOP counting cannot see through (same math, plain ops)."""
     backend = getattr(torch.backends, "mha", None)
     if backend is None or not hasattr(backend, "set_fastpath_enabled"):  # torch < 2.1: no fast-path switch
         yield
@@ -114,34 +115,26 @@ def export_tower(
 
     path = Path(path)
     module = module.eval()
-    with torch.no_grad(), _mha_fastpath_disabled(), warnings.catch_warnings():
+    with torch.no_grad(), mha_fastpath_disabled(), warnings.catch_warnings():
         # The deprecation notice for the TorchScript exporter and tracer notes about Python-level
         # shape checks are expected here; the parity check is what vouches for the graph.
         warnings.simplefilter("ignore")
         if dynamo:
-            torch.onnx.export(
-                module,
-                (example,),
-                str(path),
-                input_names=[input_name],
-                output_names=[output_name],
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                opset_version=opset,
-                dynamo=True,
-                external_data=False,
-            )
+            axes = dict(dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
         else:
-            torch.onnx.export(
-                module,
-                (example,),
-                str(path),
-                input_names=[input_name],
-                output_names=[output_name],
-                dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
+            axes = dict(
+                dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}}, do_constant_folding=True
             )
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=[input_name],
+            output_names=[output_name],
+            opset_version=opset,
+            dynamo=dynamo,
+            **axes,
+        )
     return path
 
 

@@ -1,5 +1,7 @@
-"""Shared pytest setup: make tests/ importable and keep torch single-threaded-friendly."""
+"""Shared pytest setup: make tests/ importable, seed torch, and free each module's temp files."""
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -9,6 +11,8 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
+from temp_dirs import SESSION_DIR_PREFIX  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _seeded():
@@ -16,3 +20,22 @@ def _seeded():
 
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_module_disk(tmp_path_factory):
+    """Delete what a test module wrote under pytest's temp dir once the module is done.
+
+    Why: the suite writes full-size checkpoints, offline Hub caches and training checkpoints
+    (~19 GB in all); kept until the session ends, they can fill a CI disk. Set
+    MOBILECLIP2_KEEP_TEST_FILES=1 to keep them for debugging. Dirs named SESSION_DIR_PREFIX...
+    are shared by several modules and live until the session ends.
+    """
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    if os.environ.get("MOBILECLIP2_KEEP_TEST_FILES") == "1":
+        return
+    for path in set(base.iterdir()) - before:
+        if not path.name.startswith(SESSION_DIR_PREFIX):
+            shutil.rmtree(path, ignore_errors=True)

@@ -167,6 +167,12 @@ def test_install_modes_register_on_plain_import(tmp_path, editable):
     assert Path(where.stdout.strip()).is_relative_to(source if editable else tmp_path / "venv")
     assert _probe(python=str(python)) == {"s3": True, "tags": ["datacompdr"], "plugin_loaded": True}
     assert _probe(python=str(python), env_extra={"MOBILECLIP2_AUTOLOAD": "0"})["s3"] is False
+    if editable:
+        # The checkout goes away but the .pth stays: every Python start must stay silent.
+        shutil.rmtree(source)
+        orphaned = _python(["-c", "import open_clip; print('started')"], python=str(python))
+        assert (orphaned.returncode, orphaned.stdout.strip()) == (0, "started"), orphaned.stderr[-2000:]
+        assert "mobileclip2" not in orphaned.stderr, orphaned.stderr[-2000:]
 
 
 def test_open_clip_train_sees_the_names(tmp_path):

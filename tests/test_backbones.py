@@ -18,6 +18,7 @@ import timm
 import torch
 from compat_env import OLDEST_PAIR, REPO_ROOT, ensure_pair, run_python
 from safetensors.torch import save_file
+from scripts.backbone_parity_old_timm import CFG_FIELDS
 from timm.utils import reparameterize_model
 
 from mobileclip2.models import mci, vit_mci
@@ -46,16 +47,6 @@ PARAMS_FUSED_M = {
 }
 PARAMS_TRAIN_M = {**PARAMS_FUSED_M, "fastvit_mci2": 35.8, "fastvit_mci3": 125.2, "fastvit_mci4": 321.8}
 
-CFG_FIELDS = (
-    "mean",
-    "std",
-    "interpolation",
-    "crop_pct",
-    "num_classes",
-    "hf_hub_id",
-    "input_size",
-    "first_conv",
-)
 ATOL = 1e-5
 close = partial(torch.testing.assert_close, atol=ATOL, rtol=0)
 

@@ -33,7 +33,9 @@ COMMON = [
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    return workspace(tmp_path_factory)
+    # Training logs and checkpoints (~3 GB) go to this module's own dir, freed when it ends;
+    # the shared workspace (models, shards) lives for the whole session.
+    return {**workspace(tmp_path_factory), "logs": tmp_path_factory.mktemp("logs")}
 
 
 def _ok(proc):
@@ -45,7 +47,7 @@ def _finite(values):
 
 
 def _plain_run(ws, model, name, extra=()):
-    logs = ws["root"] / "logs"
+    logs = ws["logs"]
     args = [
         "--model", model, "--train-data", brace(ws["plain"]), "--train-num-samples", "8", "--batch-size", "4",
         "--epochs", "1", "--force-image-size", "64", "--force-context-length", "16", "--logs", str(logs),
@@ -84,7 +86,7 @@ def _dr_args(ws, name, epochs, extra=()):
         "--model", ws["models"]["student"], "--train-data", ws["fixed_dr"], "--train-num-samples", "8",
         "--batch-size", "8", "--epochs", str(epochs), "--lr", "5e-5", "--warmup", "0", "--lr-scheduler", "const",
         "--save-frequency", "0",
-        "--logs", str(ws["root"] / "logs"), "--name", name, "--dataset-reinforcement",
+        "--logs", str(ws["logs"]), "--name", name, "--dataset-reinforcement",
         "--dataset-reinforcement-config", ws["fixed_config"], "--distill-average-after-softmax",
         "--distill-loss-weights", "0.5", "0.5", *COMMON, *extra,
     ]  # fmt: skip
@@ -92,7 +94,7 @@ def _dr_args(ws, name, epochs, extra=()):
 
 def test_dr_training_overfits_a_fixed_batch_checkpoints_and_resumes(ws):
     _ok(run_module("mobileclip2.train", _dr_args(ws, "dr-fixed", epochs=3), cwd=ws["root"]))
-    log = train_log(ws["root"] / "logs", "dr-fixed")
+    log = train_log(ws["logs"], "dr-fixed")
     assert "replaying stored augmentations, separate synthetic-caption loss" in log
     assert "teacher_dims=(32, 48)" in log  # widths and logit scales recorded by reinforce
     contrastive, distill, total = (
@@ -104,7 +106,7 @@ def test_dr_training_overfits_a_fixed_batch_checkpoints_and_resumes(ws):
     for c, d, t in zip(contrastive, distill, total):
         assert abs(c + d - t) < 1e-3 * max(1.0, abs(t))
     assert total[-1] < total[0] - 0.5, total  # the same 8 samples every step: the loss must go down
-    checkpoints = ws["root"] / "logs" / "dr-fixed" / "checkpoints"
+    checkpoints = ws["logs"] / "dr-fixed" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_3.pt"]
 
     _ok(
@@ -114,7 +116,7 @@ def test_dr_training_overfits_a_fixed_batch_checkpoints_and_resumes(ws):
             cwd=ws["root"],
         )
     )
-    log = train_log(ws["root"] / "logs", "dr-fixed")
+    log = train_log(ws["logs"], "dr-fixed")
     assert "(epoch 3)" in log and "Train Epoch: 3" in log
     resumed = logged_losses(log, "Loss")[-1]
     assert math.isfinite(resumed) and resumed < total[0], (total, resumed)
@@ -125,23 +127,23 @@ def test_online_distillation_from_a_live_ensemble(ws):
     teachers = f"{ws['models']['teacher_a']},{ws['models']['teacher_b']}"
     args = [
         "--model", ws["models"]["student"], "--train-data", brace(ws["plain"]), "--train-num-samples", "16",
-        "--batch-size", "4", "--accum-freq", "2", "--epochs", "1", "--logs", str(ws["root"] / "logs"),
+        "--batch-size", "4", "--accum-freq", "2", "--epochs", "1", "--logs", str(ws["logs"]),
         "--name", "online", "--distill-model", teachers, "--distill-pretrained", "N/A,N/A",
         "--distill-logit-scale", "50", *COMMON,
     ]  # fmt: skip
     _ok(run_module("mobileclip2.train", args, cwd=ws["root"]))
-    log = train_log(ws["root"] / "logs", "online")
+    log = train_log(ws["logs"], "online")
     assert "Online distillation teachers:" in log and "teacher_scales=(50.0, 50.0)" in log
     assert len(logged_losses(log, "Distill_loss")) == 2  # 16 samples / (4 x accum 2)
     _finite(logged_losses(log, "Distill_loss"))
     _finite(logged_losses(log, "Contrastive_loss"))
-    assert (ws["root"] / "logs" / "online" / "checkpoints" / "epoch_1.pt").is_file()
+    assert (ws["logs"] / "online" / "checkpoints" / "epoch_1.pt").is_file()
 
 
 def test_dr_flags_on_plain_shards_fail_with_the_fix(ws):
     args = [
         "--model", ws["models"]["student"], "--train-data", brace(ws["plain"]), "--train-num-samples", "8",
-        "--batch-size", "4", "--epochs", "1", "--logs", str(ws["root"] / "logs"), "--name", "bad",
+        "--batch-size", "4", "--epochs", "1", "--logs", str(ws["logs"]), "--name", "bad",
         "--dataset-reinforcement", "--dataset-reinforcement-config", ws["dr_config"], *COMMON,
     ]  # fmt: skip
     proc = run_module("mobileclip2.train", args, cwd=ws["root"])
@@ -223,11 +225,11 @@ def test_dr_training_with_two_cpu_processes_under_ddp(ws):
     outputs = [proc.communicate(timeout=300) for proc in procs]
     for proc, (_out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-4000:]
-    log = train_log(ws["root"] / "logs", "dr-ddp")
+    log = train_log(ws["logs"], "dr-ddp")
     assert "Running in distributed mode with multiple processes. Device: cpu" in log and "total 2" in log
     assert len(logged_losses(log, "Distill_loss")) == 2  # 16 samples / (4 x 2 ranks)
     _finite(logged_losses(log, "Loss"))
-    assert (ws["root"] / "logs" / "dr-ddp" / "checkpoints" / "epoch_1.pt").is_file()
+    assert (ws["logs"] / "dr-ddp" / "checkpoints" / "epoch_1.pt").is_file()
 
 
 def test_hooks_delegate_when_no_dr_flags_and_are_restored():

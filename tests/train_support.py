@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from temp_dirs import SESSION_DIR_PREFIX
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -230,7 +231,7 @@ def workspace(tmp_path_factory) -> dict:
         return _WORKSPACES[key]
     from mobileclip2.cli import main as cli
 
-    root = tmp_path_factory.mktemp("train")
+    root = tmp_path_factory.mktemp(SESSION_DIR_PREFIX + "train")  # shared by modules: kept
     models = make_models(root / "models")
     plain = make_plain_shards(root / "plain")
     teachers = [
