@@ -30,6 +30,9 @@ from timm.layers import DropPath, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+# The image tower's fusion primitives serve here too: a (1, k) depthwise kernel is a 2-D one.
+from .mci import LayerScale2d, _fuse_bn, _identity_kernel
+
 __all__ = [
     "MCtCfg",
     "MCtTextEncoder",
@@ -66,19 +69,6 @@ def _conv_bn(dim: int, kernel_size: int) -> nn.Sequential:
     return nn.Sequential(OrderedDict(conv=_dw_conv(dim, kernel_size, bias=False), bn=nn.BatchNorm2d(dim)))
 
 
-def _fuse_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kernel and bias of ``bn(conv(x))`` as one conv (eval-mode statistics)."""
-    std = (bn.running_var + bn.eps).sqrt()
-    return kernel * (bn.weight / std).reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * bn.weight / std
-
-
-def _identity_kernel(dim: int, kernel_size: int, like: torch.Tensor) -> torch.Tensor:
-    """Depthwise (1, k) kernel that copies its input: a one at the centre tap of every channel."""
-    kernel = torch.zeros(dim, 1, 1, kernel_size, dtype=like.dtype, device=like.device)
-    kernel[:, 0, 0, kernel_size // 2] = 1.0
-    return kernel
-
-
 class RepDwConv1d(nn.Module):
     """Depthwise MobileOne branches along the sequence: BatchNorm skip + ``num_conv_branches`` conv-BN.
 
@@ -103,22 +93,13 @@ class RepDwConv1d(nn.Module):
     def fused_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One depthwise (1, k) conv equal to the sum of all branches."""
         reference = self.identity.weight
-        kernel, bias = _fuse_bn(_identity_kernel(self.dim, self.kernel_size, reference), self.identity)
+        kernel, bias = _fuse_bn(
+            _identity_kernel(self.dim, self.dim, (1, self.kernel_size), reference), self.identity
+        )
         for branch in self.conv_kxk:
             branch_kernel, branch_bias = _fuse_bn(branch.conv.weight, branch.bn)
             kernel, bias = kernel + branch_kernel, bias + branch_bias
         return kernel, bias
-
-
-class LayerScale2d(nn.Module):
-    """Per-channel scale for [B, C, H, W] tensors; ``gamma`` is [C, 1, 1] like timm's FastViT."""
-
-    def __init__(self, dim: int, init_value: float):
-        super().__init__()
-        self.gamma = nn.Parameter(init_value * torch.ones(dim, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
 
 
 class RepMixer1d(nn.Module):
@@ -146,7 +127,7 @@ class RepMixer1d(nn.Module):
         mixer_kernel, mixer_bias = self.mixer.fused_kernel_bias()
         norm_kernel, norm_bias = self.norm.fused_kernel_bias()
         gamma = self.layer_scale.gamma
-        kernel = _identity_kernel(self.dim, self.kernel_size, gamma) + gamma.unsqueeze(-1) * (
+        kernel = _identity_kernel(self.dim, self.dim, (1, self.kernel_size), gamma) + gamma.unsqueeze(-1) * (
             mixer_kernel - norm_kernel
         )
         conv = _dw_conv(self.dim, self.kernel_size, bias=True).to(device=gamma.device, dtype=gamma.dtype)
