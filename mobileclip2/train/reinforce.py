@@ -245,13 +245,11 @@ def reinforce_batch(
     params, views = {i: [] for i in kept}, {i: [] for i in kept}
     for i in kept:
         for _ in range(options.num_augmentations):
-            _, drawn = augmentation.augment(images[i], generator)
-            stored = augmentation.compress(drawn)
-            # What the teachers embed is the replay of what is stored, by construction.
-            views[i].append(
-                augmentation.replay(images[i], augmentation.decompress(json.loads(json.dumps(stored))))
-            )
-            params[i].append(stored)
+            # The augmented view is what replaying the stored params gives, bit for bit
+            # (tests/test_train_augment.py), so the teachers embed exactly what training replays.
+            view, drawn = augmentation.augment(images[i], generator)
+            views[i].append(view)
+            params[i].append(augmentation.compress(drawn))
     image_emb = {i: [] for i in kept}
     for a in range(options.num_augmentations):
         batch = torch.stack([views[i][a] for i in kept]).to(device)
