@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from temp_dirs import SESSION_DIR_PREFIX
 
-OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
-OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
+OPENAI_MEAN, OPENAI_STD = list(OPENAI_DATASET_MEAN), list(OPENAI_DATASET_STD)  # JSON-ready
 
 TINY_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 

@@ -36,20 +36,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from .augment import Augmentation, decode_image, enabled_steps
+from .data import EMBEDDING_KEYS, _image_key
 from .teachers import TeacherEnsemble, TeacherError
 
 __all__ = ["DEFAULT_AUGMENTATION", "ReinforceOptions", "read_shard", "reinforce", "write_shard"]
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Apple's DataCompDR augmentation (training/configs/datacompdr12m.json); the crop size defaults to
 # the largest teacher input size when not given.
 DEFAULT_AUGMENTATION = {
-    "normalize": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)},
+    "normalize": {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD)},
     "rand_augment": {"enable": True, "p": 1.0},
     "random_resized_crop": {"interpolation": "bicubic", "size": None},
     "to_rgb": {"enable": True},
@@ -233,7 +232,7 @@ def reinforce_batch(
     device = next(teachers.parameters()).device
     images = []
     for sample in samples:
-        key = next((k for k in IMAGE_KEYS if k in sample), None)
+        key = _image_key(sample)
         try:
             images.append(decode_image(sample[key]) if key and "txt" in sample else None)
         except Exception:  # noqa: BLE001 - an undecodable image skips the sample (reported in the summary)
@@ -278,7 +277,7 @@ def reinforce_batch(
     out: list[dict[str, Any] | None] = [None] * len(samples)
     for i in kept:
         sample = dict(samples[i])
-        for stale in ("npz", "pth.gz"):
+        for stale in EMBEDDING_KEYS:
             sample.pop(stale, None)
         embeddings = {"image_emb": torch.stack(image_emb[i])}
         for (owner, key), rows in text_emb.items():
