@@ -132,21 +132,31 @@ def _gather(tensor: torch.Tensor, dist: DistInfo, with_grad: bool, keep_local: b
     return torch.cat(parts, dim=0)
 
 
+def _gather_images(
+    student_image: torch.Tensor, teacher_image: torch.Tensor, dist: DistInfo
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ranks' (student, teacher) image features: gathered once per step, shared by the real-
+    and synthetic-caption terms."""
+    all_image = _gather(student_image, dist, dist.gather_with_grad, keep_local=not dist.local_loss)
+    with torch.no_grad():
+        all_teacher_image = _gather(teacher_image, dist, with_grad=False, keep_local=False)
+    return all_image, all_teacher_image
+
+
 def _pair_terms(
     student_image: torch.Tensor,
     student_text: torch.Tensor,
     teacher_image: torch.Tensor,
     teacher_text: torch.Tensor,
+    gathered_images: tuple[torch.Tensor, torch.Tensor],
     logit_scale: torch.Tensor,
     cfg: DistillConfig,
     dist: DistInfo,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(contrastive, distill) terms for one image/caption pairing, weighted."""
-    keep_local = not dist.local_loss
-    all_image = _gather(student_image, dist, dist.gather_with_grad, keep_local)
-    all_text = _gather(student_text, dist, dist.gather_with_grad, keep_local)
+    all_image, all_teacher_image = gathered_images
+    all_text = _gather(student_text, dist, dist.gather_with_grad, keep_local=not dist.local_loss)
     with torch.no_grad():
-        all_teacher_image = _gather(teacher_image, dist, with_grad=False, keep_local=False)
         all_teacher_text = _gather(teacher_text, dist, with_grad=False, keep_local=False)
     if dist.world_size > 1 and dist.local_loss:
         rows_image, rows_text = student_image, student_text
@@ -184,12 +194,13 @@ def dr_clip_loss(
         raise ValueError(
             "synthetic-caption embeddings must be given for both student and teacher, or neither"
         )
+    gathered = _gather_images(student.image, teacher.image, dist)
     contrastive, distill = _pair_terms(
-        student.image, student.text, teacher.image, teacher.text, logit_scale, cfg, dist
+        student.image, student.text, teacher.image, teacher.text, gathered, logit_scale, cfg, dist
     )
     if student.syn_text is not None:
         syn_contrastive, syn_distill = _pair_terms(
-            student.image, student.syn_text, teacher.image, teacher.syn_text, logit_scale, cfg, dist
+            student.image, student.syn_text, teacher.image, teacher.syn_text, gathered, logit_scale, cfg, dist
         )
         contrastive, distill = contrastive + syn_contrastive, distill + syn_distill
     return {"contrastive_loss": contrastive, "distill_loss": distill}
