@@ -251,10 +251,6 @@ def _weights_error_in_chain(error: BaseException) -> WeightsUnavailableError | N
     return None
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 # Preprocessing a model's weights were trained with, by model name (see install_factory_hooks).
 _LOCAL_FILE_PREPROCESS: dict[str, dict[str, Any]] = {}
 
@@ -267,11 +263,11 @@ def _with_local_file_preprocess(signature, model_name, pretrained, args, kwargs)
     defaults. Values the caller passes (image_mean=..., force_preprocess_cfg=...) still win.
     """
     defaults = _LOCAL_FILE_PREPROCESS.get(str(model_name).replace("/", "-"))
+    if "force_preprocess_cfg" not in signature.parameters:
+        return args, kwargs
     if not defaults or not pretrained or not os.path.isfile(str(pretrained)):
         return args, kwargs
     bound = signature.bind_partial(model_name, pretrained, *args, **kwargs)
-    if "force_preprocess_cfg" not in signature.parameters:
-        return args, kwargs
     bound.arguments["force_preprocess_cfg"] = {
         **defaults,
         **(bound.arguments.get("force_preprocess_cfg") or {}),
@@ -312,8 +308,10 @@ def _wrap_download_pretrained(original: Callable) -> Callable:
         try:
             return original(cfg, *args, **kwargs)
         except Exception as error:  # noqa: BLE001 - any failure here means "weights not obtainable"
+            from .pretrained import hub_offline
+
             raise WeightsUnavailableError(
-                _describe_source(cfg or {}), error, offline=_hub_offline()
+                _describe_source(cfg or {}), error, offline=hub_offline()
             ) from error
 
     return _mark_wrapper(download_pretrained, original)
@@ -487,10 +485,10 @@ def enable_coca_sampling() -> bool:
     """Make CoCa.generate's top_p/top_k sampling work without transformers; True if it now works."""
     from open_clip import coca_model
 
-    from . import generation
-
     if coca_model._has_transformers:
         return True
+    from . import generation
+
     for name in generation.__all__:
         setattr(coca_model, name, getattr(generation, name))
     coca_model.GENERATION_TYPES.update(top_k=generation.TopKLogitsWarper, top_p=generation.TopPLogitsWarper)

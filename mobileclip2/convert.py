@@ -29,6 +29,7 @@ import torch
 
 from .checkpoints import detect_format, read_state_dict, summarize_mismatch
 from .errors import CheckpointMismatchError
+from .reparam import FUSED_ATTRS
 
 __all__ = [
     "ConvertedCheckpoint",
@@ -52,8 +53,6 @@ TOP_LEVEL_KEYS = ("logit_scale",)
 # Sentinels: the first tensor of each V1 image trunk (MCi's stem, the ViT's conv stem).
 _FASTVIT_SENTINEL = IMAGE_PREFIX + "patch_embed.0.rbr_conv.0.conv.weight"
 _VIT_SENTINEL = IMAGE_PREFIX + "patch_emb.0.block.conv.weight"
-# Modules that exist only in a model that was reparameterized before saving.
-_FUSED_MARKERS = ("reparam_conv", "lkb_reparam")
 
 # -- image trunk: MCi (FastViT) -> timm fastvit_mci*, applied in order to the key without prefix ---
 _FASTVIT_RENAMES = (
@@ -243,7 +242,8 @@ def _unmapped_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
 
 
 def _fused_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    return sorted(k for k in state_dict if any(marker in k.split(".") for marker in _FUSED_MARKERS))
+    """Keys of modules that exist only in a model reparameterized before saving."""
+    return sorted(k for k in state_dict if any(marker in k.split(".") for marker in FUSED_ATTRS))
 
 
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> V1Conversion:

@@ -63,10 +63,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return bool(outcome and outcome[0])
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def ensure_weights_available(model_name: str, pretrained: str | None, timeout: float = 3.0) -> None:
     """Raise WeightsUnavailableError quickly when ``pretrained`` names Hub weights that cannot be had.
 
@@ -82,7 +78,7 @@ def ensure_weights_available(model_name: str, pretrained: str | None, timeout: f
 
     from .compat import _check_model_and_tag
     from .errors import WeightsUnavailableError
-    from .pretrained import HF_SAFE_WEIGHTS_NAME, hub_location
+    from .pretrained import HF_SAFE_WEIGHTS_NAME, hub_location, hub_offline
 
     _check_model_and_tag(model_name, pretrained)
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
@@ -100,7 +96,7 @@ def ensure_weights_available(model_name: str, pretrained: str | None, timeout: f
     for name in candidates:
         if isinstance(try_to_load_from_cache(repo_id, name, cache_dir=cache_dir), str):
             return
-    offline = _hub_offline()
+    offline = hub_offline()
     if offline or not hub_reachable(timeout):
         cause = ConnectionError(
             "not in the local cache, and HF_HUB_OFFLINE is set"

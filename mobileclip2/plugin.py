@@ -83,17 +83,10 @@ def _lazy_builder(target: str):
     return build
 
 
-def _convert_if_apple_v1(state_dict: dict) -> dict:
-    """Load hook: Apple V1 checkpoints become OpenCLIP state_dicts (mobileclip2.convert, imported on use)."""
-    from .convert import convert_if_apple_v1
-
-    return convert_if_apple_v1(state_dict)
-
-
-def _describe_apple_v1(state_dict: dict) -> str | None:
-    from .convert import describe_apple_v1
-
-    return describe_apple_v1(state_dict)
+# Load hooks: Apple V1 checkpoints become OpenCLIP state_dicts (mobileclip2.convert, imported on
+# use). Module-level objects, so registering them twice is recognised as the same hook.
+_convert_if_apple_v1 = _lazy_builder("mobileclip2.convert:convert_if_apple_v1")
+_describe_apple_v1 = _lazy_builder("mobileclip2.convert:describe_apple_v1")
 
 
 def register(force_backfill: bool = False) -> Registration:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from importlib import resources
 from typing import Any
 
@@ -47,9 +48,15 @@ def hub_location(cfg: dict[str, Any]) -> tuple[str, str]:
     return repo_id, filename
 
 
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE is set the way huggingface_hub reads it (so errors can say so)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 
 
+@functools.cache
 def preprocess_defaults() -> dict[str, dict[str, Any]]:
     """Model name -> the preprocessing all of its tags share (names whose tags disagree are left out).
 

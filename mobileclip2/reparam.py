@@ -23,7 +23,7 @@ __all__ = ["is_fused", "reparameterize"]
 # Attributes that hold a block's fused conv once it has been reparameterized: timm's FastViT /
 # MobileOne blocks and ours use ``reparam_conv`` (None until fused), Apple's V1
 # ReparamLargeKernelConv uses ``lkb_reparam``.
-_FUSED_ATTRS = ("reparam_conv", "lkb_reparam")
+FUSED_ATTRS = ("reparam_conv", "lkb_reparam")
 
 
 def is_fused(module: nn.Module) -> bool:
@@ -33,7 +33,7 @@ def is_fused(module: nn.Module) -> bool:
     ReparamLargeKernelConv, RepConditionalPosEnc and RepMixer delete their branches and fail, or
     silently re-fuse, when called twice), so the walk checks before calling.
     """
-    return any(getattr(module, attr, None) is not None for attr in _FUSED_ATTRS)
+    return any(getattr(module, attr, None) is not None for attr in FUSED_ATTRS)
 
 
 def _fuse(module: nn.Module) -> nn.Module:

@@ -24,14 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mobileclip2.convert import read_and_convert, save_safetensors
+    from mobileclip2.convert import check_output_name, read_and_convert, save_safetensors
     from mobileclip2.errors import MobileCLIP2Error
 
     try:
-        if not args.dst.endswith(".safetensors"):
-            raise ValueError(
-                f"{args.dst!r}: the output is a safetensors file, so its name must end in '.safetensors'"
-            )
+        check_output_name(args.dst)
         converted = read_and_convert(args.src, args.model)
         save_safetensors(converted.state_dict, args.dst)
     except (MobileCLIP2Error, FileNotFoundError, ValueError) as error:
