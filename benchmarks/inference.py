@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata as metadata
 import json
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -41,6 +38,8 @@ from mobileclip2.benchmarking import (  # noqa: E402
     cores,
     cpu_description,
     matmul_gflops,
+    package_versions,
+    write_doc_section,
 )
 
 MODELS = ("MobileCLIP2-S0", "MobileCLIP-S0", "MobileCLIP2-S4")
@@ -51,16 +50,6 @@ RUNTIME_LABEL = {
     "ours": "mobileclip2.optimize",
     "onnxruntime": "onnxruntime (mobileclip2 export)",
 }
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version(), "torch": torch.__version__}
-    for dist in ("open_clip_torch", "timm", "onnxruntime", "onnx", "mobileclip2"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = "not installed"
-    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,15 +275,6 @@ def summary(results: list[Measurement]) -> list[str]:
     return lines
 
 
-def write_docs(section: str) -> None:
-    text = DOCS.read_text(encoding="utf-8") if DOCS.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
@@ -342,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "load_before": load_before,
         "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "versions": versions(),
+        "versions": package_versions("open_clip_torch", "timm", "onnxruntime", "onnx", "mobileclip2"),
         "rounds": rounds_note,
         "mm_size": mm_size,
     }
@@ -362,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     if not args.no_docs:
-        write_docs(section)
+        write_doc_section(DOCS, BEGIN, END, section)
         print(f"updated {DOCS}")
     return 0
 

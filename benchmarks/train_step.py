@@ -37,7 +37,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -134,31 +133,9 @@ def run_mode(
     return step_times((logs / name / "out.log").read_text()), wall
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    import torch
-
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for dist in ("open_clip_torch", "timm", "webdataset", "mobileclip2"):
-        try:
-            out[dist] = version(dist)
-        except Exception:  # noqa: BLE001 - report what is there
-            out[dist] = "?"
-    return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def render(args, results, reinforce_seconds, started, load_before, load_after) -> str:
+    from mobileclip2.benchmarking import cores, cpu_description, package_versions
+
     plain = statistics.median(results["plain"])
     lines = [
         BEGIN,
@@ -166,7 +143,7 @@ def render(args, results, reinforce_seconds, started, load_before, load_after) -
         "",
         f"Measured {started} with `benchmarks/train_step.py` (one run, modes back to back).",
         "",
-        f"- device: CPU, {cpu_name()}, {os.cpu_count()} cores visible, OMP_NUM_THREADS={args.threads}; "
+        f"- device: CPU, {cpu_description()}, {cores()} cores visible, OMP_NUM_THREADS={args.threads}; "
         f"load average before/after: {load_before} / {load_after} (the machine is shared)",
         "- clock: "
         + (
@@ -175,7 +152,11 @@ def render(args, results, reinforce_seconds, started, load_before, load_after) -
             if args.clock == "cpu"
             else "wall-clock seconds per step"
         ),
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+        "- versions: "
+        + ", ".join(
+            f"{k} {v}"
+            for k, v in package_versions("open_clip_torch", "timm", "webdataset", "mobileclip2").items()
+        ),
         f"- student {args.student}, batch {args.batch_size}, precision {args.precision}, --workers {args.workers}; "
         f"teachers {args.teachers} (random weights, same compute as trained ones); "
         f"{args.rounds} interleaved round(s) of {args.steps} measured steps after {args.warmup_steps} warm-up "
@@ -208,17 +189,6 @@ def render(args, results, reinforce_seconds, started, load_before, load_after) -
         END,
     ]
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     section = render(args, results, reinforce_seconds, started, load_before, load_after)
     print(section)
     if {"plain", "dr", "online"} <= set(results):
-        write_section(Path(args.output), section)
+        from mobileclip2.benchmarking import write_doc_section
+
+        write_doc_section(Path(args.output), BEGIN, END, section)
         print(f"wrote {args.output}")
     return 0
 

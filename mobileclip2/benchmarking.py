@@ -52,6 +52,33 @@ def cpu_description() -> str:
     return platform.processor() or platform.machine()
 
 
+def package_versions(*dists: str) -> dict[str, str]:
+    """Python, torch and each distribution's installed version, for benchmark reports."""
+    from importlib import metadata
+
+    found = {"python": platform.python_version(), "torch": torch.__version__}
+    for dist in dists:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "not installed"
+    return found
+
+
+def write_doc_section(path: Path, begin: str, end: str, section: str) -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) in place of the text
+    between those markers in ``path``, or append it; each benchmark owns one section of the doc."""
+    section = section.strip("\n")
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
 def count_flops(fn: Callable[[torch.Tensor], Any], inputs: torch.Tensor) -> int:
     """FLOPs of one call (multiply-add = 2 FLOPs), counted by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -97,19 +124,18 @@ def _best_time(fn: Callable[[], Any], seconds: float) -> float:
 
 
 def interleaved_samples(
-    runners: dict[str, Callable[[], Any]], warmup: int = 2, rounds: int = 10, min_seconds: float = 0.0
+    runners: dict[str, Callable[[], Any]], warmup: int = 2, rounds: int = 10
 ) -> dict[str, list[float]]:
     """Wall-clock seconds of each runner, measured round-robin; returns all samples per runner.
 
     Each round times every runner once, so load changes on a shared machine spread over all of
-    them instead of biasing one. Runs at least ``rounds`` rounds and at least ``min_seconds``.
+    them instead of biasing one.
     """
     for _ in range(warmup):
         for run in runners.values():
             run()
     samples: dict[str, list[float]] = {name: [] for name in runners}
-    start = time.perf_counter()
-    while min(len(s) for s in samples.values()) < rounds or time.perf_counter() - start < min_seconds:
+    for _ in range(rounds):
         for name, run in runners.items():
             begin = time.perf_counter()
             run()
@@ -158,7 +184,7 @@ def upstream_model(model: nn.Module) -> nn.Module:
 class OnnxTowers:
     """Both towers exported (reparameterized model) into a temporary directory, with ORT sessions."""
 
-    def __init__(self, model: nn.Module, name: str, threads: int | None = None):
+    def __init__(self, model: nn.Module, name: str):
         import onnxruntime as ort
 
         from .exporting import export_model
@@ -167,8 +193,6 @@ class OnnxTowers:
         cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
         result = export_model(model, self._dir.name, name=name, preprocess_cfg=cfg, check=True)
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
         self.sessions = {
             "image": ort.InferenceSession(result.image.path, options, providers=["CPUExecutionProvider"]),
             "text": ort.InferenceSession(result.text.path, options, providers=["CPUExecutionProvider"]),
@@ -252,10 +276,6 @@ def benchmark_model(
         if onnx is not None:
             onnx.close()
     return results
-
-
-def threads() -> int:
-    return torch.get_num_threads()
 
 
 def cores() -> int:

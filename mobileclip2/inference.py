@@ -235,9 +235,9 @@ def _unary_attr(act: nn.Module | None) -> tuple[str, str | None] | None:
 
 
 class _OneDNNConv2d(nn.Module):
-    """A Conv2d (+ optional fused activation, + optional fused residual add) on a prepacked weight."""
+    """A Conv2d on a prepacked weight; _fuse_activation may later give it an activation post-op."""
 
-    def __init__(self, conv: nn.Conv2d, act: nn.Module | None = None, input_size: list[int] | None = None):
+    def __init__(self, conv: nn.Conv2d, input_size: list[int] | None = None):
         super().__init__()
         self.padding = list(conv.padding)
         self.stride = list(conv.stride)
@@ -251,9 +251,7 @@ class _OneDNNConv2d(nn.Module):
             conv.weight.detach(), self.padding, self.stride, self.dilation, self.groups, input_size
         )
         self.bias = None if conv.bias is None else conv.bias.detach().clone()
-        self.unary, self.algorithm = _unary_attr(act) or ("none", None)
-        if self.unary == "none":
-            self.algorithm = None
+        self.unary, self.algorithm = "none", None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._convolution_pointwise(
@@ -284,8 +282,6 @@ class _OneDNNLinear(nn.Module):
         self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
         self.unary, self.algorithm = _unary_attr(act) or ("none", None)
-        if self.unary == "none":
-            self.algorithm = None
 
     @classmethod
     def from_weights(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> _OneDNNLinear:
