@@ -9,11 +9,13 @@ so writing that layout makes a pretrained tag load exactly the tensors we put th
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
+from compat_env import run_python
 
 FAKE_COMMIT = hashlib.sha1(b"mobileclip2 test snapshot").hexdigest()
 
@@ -59,3 +61,27 @@ def offline_env(cache_dir: Path) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "HF_HOME": str(Path(cache_dir).parent / "hf_home"),
     }
+
+
+def load_tag_in_subprocess(
+    tmp_path: Path, cache_dir: Path, name: str, pretrained: str
+) -> tuple[dict, dict[str, torch.Tensor] | None]:
+    """(result.json, loaded state_dict or None) of tests/scripts/load_tag_worker.py, which builds
+    ``name`` with ``pretrained`` in a fresh offline process that sees only ``cache_dir``."""
+    out = Path(tmp_path) / f"{name}-{pretrained.replace('/', '_')}"
+    out.mkdir()
+    proc = run_python(
+        None, ["tests/scripts/load_tag_worker.py", name, pretrained, str(out)], **offline_env(cache_dir)
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    state = torch.load(out / "state.pt", weights_only=True) if (out / "state.pt").exists() else None
+    return result, state
+
+
+def assert_same_tensors(loaded: dict[str, torch.Tensor] | None, expected: dict[str, torch.Tensor]) -> None:
+    """Same keys, and every tensor equal bit for bit: "loads exactly these tensors"."""
+    assert loaded is not None
+    assert sorted(loaded) == sorted(expected)
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key

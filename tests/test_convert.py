@@ -8,14 +8,11 @@ Reference: Apple's V1 `mobileclip` package, vendored unmodified in tests/fixture
 
 from __future__ import annotations
 
-import json
-
 import open_clip
 import pytest
 import torch
 from apple_v1_reference import build_v1, v1_preprocess, v1_reparameterize
-from compat_env import run_python
-from hub_cache import offline_env, place_file
+from hub_cache import assert_same_tensors, load_tag_in_subprocess, place_file
 
 from mobileclip2.convert import (
     convert_checkpoint,
@@ -200,9 +197,7 @@ def test_same_result_as_timm_and_open_clip_converters(v1, converted, name):
         ours = {key: value for key, value in ours.items() if key.startswith("visual.")}
     else:
         theirs = convert_mobile_clip_state_dict(model, state, fastvit=name != "MobileCLIP-B")
-    assert sorted(ours) == sorted(theirs)
-    for key, value in theirs.items():
-        assert torch.equal(ours[key], value), key
+    assert_same_tensors(ours, theirs)
 
 
 @pytest.mark.parametrize("name", ["MobileCLIP-S0", "MobileCLIP-B"])
@@ -223,9 +218,7 @@ def test_backfilled_timm_filters_load_apple_layout_like_timm(v1, name):
         from timm.models.vision_transformer_hybrid import checkpoint_filter_fn as timm_fn
     theirs = timm_fn(dict(state), model)
     ours = ours_fn(dict(state), model)
-    assert sorted(ours) == sorted(theirs)
-    for key, value in theirs.items():
-        assert torch.equal(ours[key], value), key
+    assert_same_tensors(ours, theirs)
     model.load_state_dict(ours, strict=True)
 
 
@@ -240,10 +233,7 @@ def test_open_clip_state_dicts_pass_through_the_load_hook():
 def test_create_model_converts_a_v1_file_on_the_fly(v1, converted):
     model = open_clip.create_model("MobileCLIP-S0", pretrained=str(v1("MobileCLIP-S0")["path"]))
     expected = converted("MobileCLIP-S0").state_dict()
-    loaded = model.state_dict()
-    assert sorted(loaded) == sorted(expected)
-    for key, value in expected.items():
-        assert torch.equal(loaded[key], value), key
+    assert_same_tensors(model.state_dict(), expected)
 
 
 def test_datacompdr_tag_loads_apple_v1_file_from_the_hub_cache(tmp_path, v1, converted):
@@ -252,12 +242,7 @@ def test_datacompdr_tag_loads_apple_v1_file_from_the_hub_cache(tmp_path, v1, con
     assert cfg["hf_hub"] == "apple/MobileCLIP-S0/mobileclip_s0.pt"
     cache = tmp_path / "hub"
     place_file(cache, "apple/MobileCLIP-S0", "mobileclip_s0.pt", v1("MobileCLIP-S0")["path"])
-    out = tmp_path / "out"
-    out.mkdir()
-    args = ["tests/scripts/load_tag_worker.py", "MobileCLIP-S0", "datacompdr", str(out)]
-    proc = run_python(None, args, **offline_env(cache))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((out / "result.json").read_text())
+    result, loaded = load_tag_in_subprocess(tmp_path, cache, "MobileCLIP-S0", "datacompdr")
     assert "error" not in result, result
     assert result["preprocess_cfg"]["mean"] == [0.0, 0.0, 0.0] and result["preprocess_cfg"]["std"] == [
         1.0,
@@ -265,11 +250,7 @@ def test_datacompdr_tag_loads_apple_v1_file_from_the_hub_cache(tmp_path, v1, con
         1.0,
     ]
     assert result["preprocess_cfg"]["interpolation"] == "bilinear"
-    loaded = torch.load(out / "state.pt", weights_only=True)
-    expected = converted("MobileCLIP-S0").state_dict()
-    assert sorted(loaded) == sorted(expected)
-    for key, value in expected.items():
-        assert torch.equal(loaded[key], value), key
+    assert_same_tensors(loaded, converted("MobileCLIP-S0").state_dict())
 
 
 def test_v1_file_of_another_model_fails_to_load_with_a_summary(v1):
@@ -292,9 +273,8 @@ def test_convert_checkpoint_writes_safetensors_that_load_exactly(tmp_path, v1, c
     returned = convert_checkpoint(v1("MobileCLIP-S0")["path"], dst)  # model name recognised
     written = load_file(str(dst))
     expected = converted("MobileCLIP-S0").state_dict()
-    assert sorted(written) == sorted(returned) == sorted(expected)
-    for key, value in expected.items():
-        assert torch.equal(written[key], value), key
+    assert sorted(returned) == sorted(expected)
+    assert_same_tensors(written, expected)
 
 
 def test_cli_convert_round_trip(tmp_path, v1, converted, capsys):

@@ -4,13 +4,10 @@ fails with a clear error instead of a randomly initialised model."""
 
 from __future__ import annotations
 
-import json
-
 import open_clip
 import pytest
 import torch
-from compat_env import run_python
-from hub_cache import offline_env, write_state_dict
+from hub_cache import assert_same_tensors, load_tag_in_subprocess, write_state_dict
 
 from mobileclip2.errors import (
     CheckpointMismatchError,
@@ -24,25 +21,6 @@ from mobileclip2.errors import (
 def s0_state():
     torch.manual_seed(1)
     return open_clip.create_model("MobileCLIP2-S0").state_dict()
-
-
-def _load_in_subprocess(tmp_path, cache, name, pretrained) -> tuple[dict, dict | None]:
-    out = tmp_path / f"{name}-{pretrained.replace('/', '_')}"
-    out.mkdir()
-    proc = run_python(
-        None, ["tests/scripts/load_tag_worker.py", name, pretrained, str(out)], **offline_env(cache)
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((out / "result.json").read_text())
-    state = torch.load(out / "state.pt", weights_only=True) if (out / "state.pt").exists() else None
-    return result, state
-
-
-def _assert_same_tensors(loaded: dict, expected: dict) -> None:
-    assert loaded is not None
-    assert sorted(loaded) == sorted(expected)
-    for key, value in expected.items():
-        assert torch.equal(loaded[key], value), key
 
 
 @pytest.mark.parametrize(
@@ -66,9 +44,9 @@ def test_tag_loads_exactly_the_cached_tensors(tmp_path, name, tag, filename):
     cache = tmp_path / "hub"
     write_state_dict(cache, repo_id, filename, expected)
 
-    result, loaded = _load_in_subprocess(tmp_path, cache, name, tag)
+    result, loaded = load_tag_in_subprocess(tmp_path, cache, name, tag)
     assert "error" not in result, result
-    _assert_same_tensors(loaded, expected)
+    assert_same_tensors(loaded, expected)
     pp = result["preprocess_cfg"]
     assert pp["mean"] == list(cfg["mean"]) and pp["std"] == list(cfg["std"])
     assert pp["interpolation"] == cfg["interpolation"] and pp["resize_mode"] == cfg["resize_mode"]
@@ -76,7 +54,7 @@ def test_tag_loads_exactly_the_cached_tensors(tmp_path, name, tag, filename):
 
 
 def test_missing_from_offline_cache_is_a_clear_error(tmp_path):
-    result, state = _load_in_subprocess(tmp_path, tmp_path / "empty-hub", "MobileCLIP2-S0", "dfndr2b")
+    result, state = load_tag_in_subprocess(tmp_path, tmp_path / "empty-hub", "MobileCLIP2-S0", "dfndr2b")
     assert state is None
     assert result["error_type"] == "WeightsUnavailableError" and result["is_runtime_error"]
     assert "HF_HUB_OFFLINE is set" in result["error"]
@@ -90,7 +68,7 @@ def test_local_file_loads_exactly(tmp_path, s0_state):
     path = tmp_path / "my_s0.safetensors"
     save_file({k: v.contiguous() for k, v in s0_state.items()}, str(path))
     model = open_clip.create_model("MobileCLIP2-S0", pretrained=str(path))
-    _assert_same_tensors(model.state_dict(), s0_state)
+    assert_same_tensors(model.state_dict(), s0_state)
 
 
 def test_local_file_gets_the_models_preprocessing_unless_overridden(tmp_path, s0_state):
