@@ -39,3 +39,19 @@ def _free_module_disk(tmp_path_factory):
     for path in set(base.iterdir()) - before:
         if not path.name.startswith(SESSION_DIR_PREFIX):
             shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s0_checkpoint(tmp_path_factory) -> Path:
+    """A local MobileCLIP-S0 checkpoint file with generated weights (seed 0; no download anywhere),
+    shared by the modules that load a model from a file path."""
+    import open_clip
+    import torch
+
+    from mobileclip2.convert import save_safetensors
+
+    torch.manual_seed(0)
+    state = open_clip.create_model("MobileCLIP-S0").state_dict()
+    path = tmp_path_factory.mktemp(SESSION_DIR_PREFIX + "ckpt") / "mobileclip_s0_generated.safetensors"
+    save_safetensors(state, path)
+    return path

@@ -217,9 +217,9 @@ def test_pretrained_cfgs_equal_timm(name):
     ours, theirs = SPECS[name][0].default_cfgs[name], _upstream_default_cfg(name)
     assert list(ours.tags) == list(theirs.tags)  # the first tag is the default
     for tag in theirs.tags:
-        assert ours.cfgs[tag] == theirs.cfgs[tag], tag
-        for field in CFG_FIELDS:
+        for field in CFG_FIELDS:  # first, to name the field that differs
             assert getattr(ours.cfgs[tag], field) == getattr(theirs.cfgs[tag], field), (tag, field)
+        assert ours.cfgs[tag] == theirs.cfgs[tag], tag  # and every other field
 
 
 @pytest.mark.parametrize("name", ["fastvit_mci0", "vit_base_mci_224"])

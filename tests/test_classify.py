@@ -9,7 +9,6 @@ from pathlib import Path
 
 import open_clip
 import pytest
-import torch
 
 from mobileclip2 import cli
 from mobileclip2.commands.classify import EXAMPLE_IMAGE, check_images, classify_images, read_labels
@@ -18,18 +17,6 @@ from mobileclip2.loading import ensure_weights_available, preprocess_source
 
 REPO = Path(__file__).resolve().parents[1]
 RANK_LINE = re.compile(r"^\s+(\d+\.\d\d)%  (.+)$")
-
-
-@pytest.fixture(scope="module")
-def s0_checkpoint(tmp_path_factory) -> Path:
-    """A local MobileCLIP-S0 checkpoint with generated weights (no download anywhere)."""
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    state = open_clip.create_model("MobileCLIP-S0").state_dict()
-    path = tmp_path_factory.mktemp("ckpt") / "mobileclip_s0_generated.safetensors"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    return path
 
 
 def _ranked_blocks(output: str) -> dict[str, list[tuple[float, str]]]:

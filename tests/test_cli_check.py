@@ -28,7 +28,7 @@ def test_check_fails_loudly_and_keeps_going(capsys):
 def test_info_shows_towers_preprocessing_and_hub_files(capsys):
     assert cli.main(["info", "MobileCLIP-S0"]) == 0
     out = capsys.readouterr().out
-    assert "timm fastvit_mci0" in out and "mobileclip_mct" in out
+    assert "timm fastvit_mci0" in out and "text tower  : mobileclip_mct" in out
     assert "11.4M image + 42.4M text" in out
     assert "hub file      : apple/MobileCLIP-S0/mobileclip_s0.pt" in out
     assert "mean / std    : (0.0, 0.0, 0.0) / (1.0, 1.0, 1.0)" in out

@@ -62,19 +62,6 @@ def make_tiny_wds(root: Path, samples: int = 6) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def s0_checkpoint(tmp_path_factory) -> Path:
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = open_clip.create_model("MobileCLIP-S0")
-    path = tmp_path_factory.mktemp("ckpt") / "mobileclip_s0_random.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
-
-
 def test_clip_benchmark_zeroshot_on_local_dataset(tmp_path, s0_checkpoint):
     target = ensure_target(*CLIP_BENCHMARK_TARGET)
     data = make_tiny_wds(tmp_path / "tiny")

@@ -20,6 +20,7 @@ from mobileclip2.convert import (
     convert_state_dict,
     identify_v1_model,
     is_apple_v1,
+    save_safetensors,
 )
 from mobileclip2.errors import CheckpointMismatchError, CorruptCheckpointError
 
@@ -342,22 +343,18 @@ def test_checkpoint_of_another_model_names_both_models(v1):
 
 def test_openclip_checkpoint_of_another_model_is_summarized(tmp_path, converted):
     path = tmp_path / "s0_openclip.safetensors"
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in converted("MobileCLIP-S0").state_dict().items()}, str(path))
+    save_safetensors(converted("MobileCLIP-S0").state_dict(), path)
     with pytest.raises(CheckpointMismatchError, match="does not fit the model") as info:
         convert_checkpoint(path, model_name="MobileCLIP-S1")
     assert "detected format: OpenCLIP state_dict (timm image tower)" in str(info.value)
 
 
 def test_openclip_checkpoint_is_checked_and_passed_through(tmp_path, converted):
-    from safetensors.torch import save_file
-
     import mobileclip2
 
     state = converted("MobileCLIP-S0").state_dict()
     path = tmp_path / "s0_openclip.safetensors"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    save_safetensors(state, path)
     with pytest.raises(ValueError, match="already in OpenCLIP format; pass a model name"):
         mobileclip2.convert_checkpoint(path)
     returned = mobileclip2.convert_checkpoint(path, model_name="MobileCLIP-S0")

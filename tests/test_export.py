@@ -9,7 +9,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from test_optimize import inputs, reference_model
+from model_support import inputs, reference_model
 
 from mobileclip2 import cli
 from mobileclip2.commands import export as export_command
@@ -107,12 +107,11 @@ def test_parity_check_raises_above_tolerance(exported, tmp_path):
 
 def test_export_by_name_with_local_file_and_cli(tmp_path, capsys):
     """`mobileclip2 export NAME --pretrained FILE`: the file's weights, the model's own preprocessing."""
-    from safetensors.torch import save_file
+    from mobileclip2.convert import save_safetensors
 
     torch.manual_seed(3)
-    state = open_clip.create_model("MobileCLIP2-S0").state_dict()
     checkpoint = tmp_path / "mine.safetensors"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(checkpoint))
+    save_safetensors(open_clip.create_model("MobileCLIP2-S0").state_dict(), checkpoint)
     out = tmp_path / "out"
     code = cli.main(
         ["export", "MobileCLIP2-S0", "--pretrained", str(checkpoint), "--format", "onnx", "--out", str(out)]

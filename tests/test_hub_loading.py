@@ -63,10 +63,10 @@ def test_missing_from_offline_cache_is_a_clear_error(tmp_path):
 
 
 def test_local_file_loads_exactly(tmp_path, s0_state):
-    from safetensors.torch import save_file
+    from mobileclip2.convert import save_safetensors
 
     path = tmp_path / "my_s0.safetensors"
-    save_file({k: v.contiguous() for k, v in s0_state.items()}, str(path))
+    save_safetensors(s0_state, path)
     model = open_clip.create_model("MobileCLIP2-S0", pretrained=str(path))
     assert_same_tensors(model.state_dict(), s0_state)
 

@@ -8,6 +8,7 @@ import warnings
 import open_clip
 import pytest
 import torch
+from model_support import randomize_inference_statistics
 from torch import nn
 
 from mobileclip2 import reparameterize
@@ -24,21 +25,6 @@ CASES = [
     pytest.param("MobileCLIP-B", 0, id="MobileCLIP-B"),  # ViT: nothing to fuse, unchanged
     pytest.param("MobileCLIP2-S4", 215_168, id="MobileCLIP2-S4", marks=pytest.mark.big),
 ]
-
-
-def _randomize_statistics(model: nn.Module, seed: int) -> None:
-    """Fresh BatchNorms are identities and layer scales 1e-5: make every branch matter."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.copy_(torch.rand(module.num_features, generator=generator) * 0.4 - 0.2)
-                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(module.num_features, generator=generator) * 0.4 + 0.8)
-                module.bias.copy_(torch.rand(module.num_features, generator=generator) * 0.4 - 0.2)
-            gamma = getattr(module, "gamma", None)
-            if isinstance(gamma, nn.Parameter):
-                gamma.copy_(torch.rand(gamma.shape, generator=generator) * 0.15 + 0.05)
 
 
 def _outputs(model, name):
@@ -62,7 +48,7 @@ def _unfused_blocks(model: nn.Module) -> list[str]:
 def test_fused_model_equals_unfused(name, removed_params):
     torch.manual_seed(0)
     model = open_clip.create_model(name).eval()
-    _randomize_statistics(model, seed=1)
+    randomize_inference_statistics(model, seed=1)
     expected = _outputs(model, name)
     unfused_state = {k: v.clone() for k, v in model.state_dict().items()}
 

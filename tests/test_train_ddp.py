@@ -13,6 +13,7 @@ import tempfile
 import pytest
 import torch
 import torch.multiprocessing as mp
+from train_support import make_batch
 
 WORLD = 2
 PER_RANK = 3
@@ -27,18 +28,7 @@ SETTINGS = [
 
 
 def _global_batch():
-    from mobileclip2.train.losses import Features
-
-    g = torch.Generator().manual_seed(0)
-
-    def unit(*shape):
-        return torch.nn.functional.normalize(torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1)
-
-    def teacher(n):
-        return torch.cat([unit(n, d) for d in DIMS], dim=1)
-
-    n = WORLD * PER_RANK
-    return Features(unit(n, 5), unit(n, 5), unit(n, 5)), Features(teacher(n), teacher(n), teacher(n))
+    return make_batch(batch=WORLD * PER_RANK, width=5, dims=DIMS)
 
 
 def _loss(student, teacher, after, dist=None):

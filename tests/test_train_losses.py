@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from train_support import make_batch
 
 from mobileclip2.train.channel import StepChannel
 from mobileclip2.train.losses import DistillConfig, DRClipLoss, Features, dr_clip_loss, split_student_text
@@ -86,30 +87,6 @@ def reference_dr(student, teacher, scale, dims, scales, after, weights):
         c2, d2 = reference_pair(s_img, s_syn, t_img, t_syn, scale, dims, scales, after, weights)
         contrastive, distill = contrastive + c2, distill + d2
     return contrastive, distill
-
-
-# ------------------------------------------------------------------ data
-def _normalized(*shape, seed):
-    g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.normalize(torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1)
-
-
-def _teacher(batch, dims, seed):
-    return torch.cat([_normalized(batch, d, seed=seed + k) for k, d in enumerate(dims)], dim=1)
-
-
-def make_batch(batch=5, width=6, dims=(3, 4), syn=True, seed=0):
-    student = Features(
-        _normalized(batch, width, seed=seed),
-        _normalized(batch, width, seed=seed + 1),
-        _normalized(batch, width, seed=seed + 2) if syn else None,
-    )
-    teacher = Features(
-        _teacher(batch, dims, seed + 10),
-        _teacher(batch, dims, seed + 20),
-        _teacher(batch, dims, seed + 30) if syn else None,
-    )
-    return student, teacher
 
 
 CASES = [

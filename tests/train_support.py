@@ -288,3 +288,36 @@ def _with_one_syn_caption(path: str) -> int:
         sample["syn.json"] = json.dumps({"syn_text": ["a synthetic " + sample["txt"].decode()[11:]]}).encode()
     write_shard(path, samples)
     return len(samples)
+
+
+# -- feature batches for the DR loss (single-process and DDP tests) ----------------------------
+
+
+def _normalized(*shape, seed):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1)
+
+
+def _teacher(batch, dims, seed):
+    import torch
+
+    return torch.cat([_normalized(batch, d, seed=seed + k) for k, d in enumerate(dims)], dim=1)
+
+
+def make_batch(batch=5, width=6, dims=(3, 4), syn=True, seed=0):
+    """(student, teacher) Features of unit rows; the teacher side concatenates one block per teacher."""
+    from mobileclip2.train.losses import Features
+
+    student = Features(
+        _normalized(batch, width, seed=seed),
+        _normalized(batch, width, seed=seed + 1),
+        _normalized(batch, width, seed=seed + 2) if syn else None,
+    )
+    teacher = Features(
+        _teacher(batch, dims, seed + 10),
+        _teacher(batch, dims, seed + 20),
+        _teacher(batch, dims, seed + 30) if syn else None,
+    )
+    return student, teacher
