@@ -39,6 +39,7 @@ from mobileclip2.benchmarking import (  # noqa: E402
     cpu_description,
     matmul_gflops,
     package_versions,
+    warmup_rounds,
     write_doc_section,
 )
 
@@ -303,17 +304,23 @@ def main(argv: list[str] | None = None) -> int:
             return 5 if batch == 1 else 2
         return 20 if batch == 1 else 6
 
+    def big_rounds(batch: int) -> int:
+        return 10 if batch == 1 else 3
+
     results: list[Measurement] = []
     for name in args.models:
         big = "S4" in name or "S3" in name or "L-14" in name
         results += benchmark_model(
             name,
             batches=tuple(args.batches),
-            rounds=(lambda batch: 3 if batch > 1 else 10) if big else rounds,
+            rounds=big_rounds if big else rounds,
             log=lambda line: print(line, flush=True),
         )
     overhead = None if args.no_overhead else plugin_overhead(args.pairs)
-    rounds_note = "batch 1: 20 rounds after 2 warm-ups (10 for S4); batch 32: 6 rounds after 1 (3 for S4)"
+    rounds_note = "; ".join(
+        f"batch {b}: {rounds(b)} rounds after {warmup_rounds(b)} warm-up(s) ({big_rounds(b)} for S3/S4/L-14)"
+        for b in args.batches
+    )
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python", "benchmarks/inference.py", *(sys.argv[1:] if argv is None else argv)]),

@@ -123,6 +123,11 @@ def _best_time(fn: Callable[[], Any], seconds: float) -> float:
     return min(times)
 
 
+def warmup_rounds(batch: int) -> int:
+    """Untimed calls before the timed rounds of one batch size (also named in the benchmark report)."""
+    return 2 if batch == 1 else 1
+
+
 def interleaved_samples(
     runners: dict[str, Callable[[], Any]], warmup: int = 2, rounds: int = 10
 ) -> dict[str, list[float]]:
@@ -263,7 +268,7 @@ def benchmark_model(
                         runners[runtime] = onnx.runner(tower, inputs)
                     else:
                         runners[runtime] = _encode(built[runtime], tower, inputs)
-                samples = interleaved_samples(runners, warmup=2 if batch == 1 else 1, rounds=rounds(batch))
+                samples = interleaved_samples(runners, warmup=warmup_rounds(batch), rounds=rounds(batch))
                 for runtime, times in samples.items():
                     results.append(
                         Measurement(name, tower, batch, runtime, statistics.median(times), flops, times)

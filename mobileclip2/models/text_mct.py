@@ -26,12 +26,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 # The image tower's fusion primitives serve here too: a (1, k) depthwise kernel is a 2-D one.
-from .mci import LayerScale2d, _fuse_bn, _identity_kernel
+from .mci import ConvMlp, LayerScale2d, _fuse_bn, _identity_kernel
 
 __all__ = [
     "MCtCfg",
@@ -154,10 +154,7 @@ class ConvMlp1d(nn.Module):
         self.act = act_layer()
         self.fc2 = nn.Conv2d(hidden_dim, dim, kernel_size=1)
         self.drop = nn.Dropout(drop)
-        for conv in (self.conv.conv, self.fc1, self.fc2):
-            trunc_normal_(conv.weight, std=0.02)
-            if conv.bias is not None:
-                nn.init.zeros_(conv.bias)
+        self.apply(ConvMlp._init_weights)  # the image tower's ConvFFN init, same draw order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.fc1(self.conv(x)))

@@ -355,9 +355,7 @@ def _prepare_stage(samples, augmentation, tokenizer, sampling, shared_epoch, min
             raise
 
 
-def build_dr_dataloader(
-    args, augmentation: Augmentation, sampling: DRSampling, tokenizer, epoch: int = 0, floor: bool = False
-):
+def build_dr_dataloader(args, augmentation: Augmentation, sampling: DRSampling, tokenizer, epoch: int = 0):
     """open_clip_train-style DataInfo whose loader yields (images, texts, payload) batches."""
     import webdataset as wds
     from open_clip_train.data import (
@@ -418,11 +416,10 @@ def build_dr_dataloader(
                 f"{num_shards} shards cannot feed {args.workers} workers x {args.world_size} processes; "
                 "use fewer --workers, more shards, or --dataset-resampled"
             )
-    round_fn = math.floor if floor else math.ceil
     global_batch_size = args.batch_size * args.world_size
-    num_batches = round_fn(num_samples / global_batch_size)
+    num_batches = math.ceil(num_samples / global_batch_size)
     num_workers = max(1, args.workers)
-    num_worker_batches = round_fn(num_batches / num_workers)
+    num_worker_batches = math.ceil(num_batches / num_workers)
     num_batches = num_worker_batches * num_workers
     num_samples = num_batches * global_batch_size
     dataset = dataset.with_epoch(num_worker_batches)

@@ -58,6 +58,8 @@ class StudentPreprocess:
     def from_transform(cls, transform) -> StudentPreprocess:
         from torchvision import transforms as T
 
+        from .augment import as_height_width
+
         steps = list(getattr(transform, "transforms", [transform]))
         crop = next((t for t in steps if isinstance(t, T.RandomResizedCrop)), None)
         crop = crop or next((t for t in steps if isinstance(t, (T.CenterCrop, T.RandomCrop))), None)
@@ -69,8 +71,7 @@ class StudentPreprocess:
             )
         size = None
         if crop is not None:
-            size = crop.size if isinstance(crop.size, (tuple, list)) else (crop.size, crop.size)
-            size = (int(size[0]), int(size[-1]))
+            size = as_height_width(crop.size)
         return cls(
             size=size,
             interpolation=getattr(crop, "interpolation", None),

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from .augment import Augmentation, decode_image, enabled_steps
+from .augment import Augmentation, as_height_width, decode_image, enabled_steps
 from .data import EMBEDDING_KEYS, _image_key
 from .teachers import TeacherEnsemble, TeacherError
 
@@ -159,7 +159,7 @@ def augmentation_config(config: Mapping[str, Any] | None, teachers: TeacherEnsem
         "size"
     )
     if crop is not None:
-        height, width = (crop, crop) if isinstance(crop, int) else (crop[0], crop[-1])
+        height, width = as_height_width(crop)
         small = [m.name for m in teachers.members if m.size[0] > height or m.size[1] > width]
         if small:
             raise TeacherError(

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MobileCLIP2Error
+from .augment import as_height_width
 
 __all__ = ["TeacherEnsemble", "TeacherError", "parse_teacher_specs"]
 
@@ -79,10 +80,6 @@ class Member:
     logit_scale: float
 
 
-def _pair(size) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[-1]))
-
-
 def load_member(
     name: str, pretrained: str | None, device: str | torch.device = "cpu", cache_dir: str | None = None
 ) -> Member:
@@ -101,7 +98,7 @@ def load_member(
         pretrained=pretrained,
         model=model,
         tokenizer=tokenizer,
-        size=_pair(cfg["size"]),
+        size=as_height_width(cfg["size"]),
         mean=tuple(cfg["mean"]),
         std=tuple(cfg["std"]),
         dim=dim,
