@@ -55,3 +55,11 @@ def s0_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp(SESSION_DIR_PREFIX + "ckpt") / "mobileclip_s0_generated.safetensors"
     save_safetensors(state, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def train_workspace(tmp_path_factory) -> dict:
+    """Tiny models and plain/DR shards shared by the training test modules (train_support)."""
+    from train_support import build_workspace
+
+    return build_workspace(tmp_path_factory)

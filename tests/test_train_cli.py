@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from train_support import brace, logged_losses, run_module, train_log, workspace
+from train_support import brace, logged_losses, run_module, train_log
 
 COMMON = [
     "--dataset-type",
@@ -32,10 +32,10 @@ COMMON = [
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
+def ws(train_workspace, tmp_path_factory):
     # Training logs and checkpoints (~3 GB) go to this module's own dir, freed when it ends;
     # the shared workspace (models, shards) lives for the whole session.
-    return {**workspace(tmp_path_factory), "logs": tmp_path_factory.mktemp("logs")}
+    return {**train_workspace, "logs": tmp_path_factory.mktemp("logs")}
 
 
 def _ok(proc):

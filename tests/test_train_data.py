@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from train_support import brace, workspace
+from train_support import brace
 
 from mobileclip2.train.augment import Augmentation, student_augmentation_config
 from mobileclip2.train.data import (
@@ -41,8 +41,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    return workspace(tmp_path_factory)
+def ws(train_workspace):
+    return train_workspace
 
 
 @pytest.fixture(scope="module")

@@ -145,15 +145,13 @@ def brace(paths: list[str]) -> str:
 
 
 def python_env() -> dict:
-    import os
+    """compat_env's subprocess environment (this checkout first on the path), autoload on."""
+    from compat_env import env_for
 
-    from compat_env import REPO_ROOT
-
-    env = {k: v for k, v in os.environ.items() if k not in ("MOBILECLIP2_AUTOLOAD",)}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     # One thread per run: the tests share 2 cores with other jobs, and OpenMP's spinning threads
     # slow down several-fold when they are descheduled (measured 2-5x on this machine).
-    env["OMP_NUM_THREADS"] = "1"
+    env = env_for(None, OMP_NUM_THREADS="1")
+    env.pop("MOBILECLIP2_AUTOLOAD", None)
     return env
 
 
@@ -216,19 +214,15 @@ COCA_CONFIG = {
     "preprocess_cfg": {"mean": OPENAI_MEAN, "std": OPENAI_STD},
 }
 
-_WORKSPACES: dict[str, dict] = {}
 
-
-def workspace(tmp_path_factory) -> dict:
-    """Models, plain shards and DR shards (made with `mobileclip2 reinforce`), built once per session.
+def build_workspace(tmp_path_factory) -> dict:
+    """Models, plain shards and DR shards (made with `mobileclip2 reinforce`); conftest's
+    session fixture ``train_workspace`` builds it once for the training test modules.
 
     Two plain shards of 12 samples; DR shards with 3 augmentations per image; a one-shard
     'fixed' DR set of 8 samples with 1 augmentation and 1 synthetic caption each, so every epoch
     is the very same batch (for the overfitting test).
     """
-    key = str(tmp_path_factory.getbasetemp())
-    if key in _WORKSPACES:
-        return _WORKSPACES[key]
     from mobileclip2.cli import main as cli
 
     root = tmp_path_factory.mktemp(SESSION_DIR_PREFIX + "train")  # shared by modules: kept
@@ -268,7 +262,7 @@ def workspace(tmp_path_factory) -> dict:
         "1",
     ]
     assert samples and cli(args) == 0
-    _WORKSPACES[key] = {
+    return {
         "root": root,
         "models": models,
         "plain": plain,
@@ -277,7 +271,6 @@ def workspace(tmp_path_factory) -> dict:
         "fixed_dr": str(root / "fixed_dr" / Path(fixed_plain[0]).name),
         "fixed_config": str(root / "fixed_dr" / "config.json"),
     }
-    return _WORKSPACES[key]
 
 
 def _with_one_syn_caption(path: str) -> int:
