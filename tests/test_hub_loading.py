@@ -23,6 +23,14 @@ def s0_state():
     return open_clip.create_model("MobileCLIP2-S0").state_dict()
 
 
+@pytest.fixture(scope="module")
+def s0_pt_file(s0_state, tmp_path_factory):
+    """``s0_state`` as a torch pickle checkpoint, written once for the tests that only read it."""
+    path = tmp_path_factory.mktemp("s0_pt") / "s0.pt"
+    torch.save(s0_state, path)
+    return path
+
+
 @pytest.mark.parametrize(
     "name, tag, filename",
     [
@@ -71,9 +79,8 @@ def test_local_file_loads_exactly(tmp_path, s0_state):
     assert_same_tensors(model.state_dict(), s0_state)
 
 
-def test_local_file_gets_the_models_preprocessing_unless_overridden(tmp_path, s0_state):
-    path = tmp_path / "s0.pt"
-    torch.save(s0_state, path)
+def test_local_file_gets_the_models_preprocessing_unless_overridden(s0_pt_file):
+    path = s0_pt_file
     _, _, preprocess = open_clip.create_model_and_transforms("MobileCLIP2-S0", pretrained=str(path))
     model = open_clip.create_model("MobileCLIP2-S0", pretrained=str(path))
     tag_cfg = open_clip.get_pretrained_cfg("MobileCLIP2-S0", "dfndr2b")
@@ -118,9 +125,8 @@ def test_nonexistent_path_is_not_silently_ignored():
         open_clip.create_model("MobileCLIP2-S0", pretrained="/no/such/checkpoint.pt")
 
 
-def test_checkpoint_of_another_model_is_summarized(tmp_path, s0_state):
-    path = tmp_path / "s0.pt"
-    torch.save(s0_state, path)
+def test_checkpoint_of_another_model_is_summarized(s0_pt_file):
+    path = s0_pt_file
     with pytest.raises(CheckpointMismatchError) as info:
         open_clip.create_model("MobileCLIP2-S2", pretrained=str(path))
     message = str(info.value)
@@ -147,10 +153,8 @@ def test_corrupt_or_foreign_file_is_a_clear_error(tmp_path, content):
         open_clip.create_model("MobileCLIP2-S0", pretrained=str(path))
 
 
-def test_truncated_download_is_a_clear_error(tmp_path, s0_state):
-    full = tmp_path / "full.pt"
-    torch.save(s0_state, full)
+def test_truncated_download_is_a_clear_error(tmp_path, s0_pt_file):
     truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    truncated.write_bytes(s0_pt_file.read_bytes()[: s0_pt_file.stat().st_size // 2])
     with pytest.raises(CorruptCheckpointError, match="truncated"):
         open_clip.create_model("MobileCLIP2-S0", pretrained=str(truncated))
