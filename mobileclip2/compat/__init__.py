@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import (
+from ..errors import (
     CheckpointMismatchError,
     CorruptCheckpointError,
     UnknownModelError,
@@ -297,7 +297,7 @@ def _wrap_create_model(original: Callable) -> Callable:
 
 def _describe_source(cfg: Mapping[str, Any]) -> str:
     if cfg.get("hf_hub"):
-        from .pretrained import hub_location
+        from ..pretrained import hub_location
 
         return "hf://" + "/".join(hub_location(cfg))
     return cfg.get("url") or cfg.get("file") or str(dict(cfg))
@@ -308,7 +308,7 @@ def _wrap_download_pretrained(original: Callable) -> Callable:
         try:
             return original(cfg, *args, **kwargs)
         except Exception as error:  # noqa: BLE001 - any failure here means "weights not obtainable"
-            from .pretrained import hub_offline
+            from ..pretrained import hub_offline
 
             raise WeightsUnavailableError(
                 _describe_source(cfg or {}), error, offline=hub_offline()
@@ -343,7 +343,7 @@ def _wrap_load_checkpoint(original: Callable) -> Callable:
                 raise
             from open_clip import factory
 
-            from .checkpoints import summarize_mismatch
+            from ..checkpoints import summarize_mismatch
 
             state_dict = factory.load_state_dict(checkpoint_path)
             convert = getattr(factory, "convert_state_dict", None)  # open_clip >= 2.26.1
@@ -487,7 +487,7 @@ def enable_coca_sampling() -> bool:
 
     if coca_model._has_transformers:
         return True
-    from . import generation
+    from .. import generation
 
     for name in generation.__all__:
         setattr(coca_model, name, getattr(generation, name))
@@ -506,7 +506,7 @@ def enable_coca_sampling() -> bool:
         if bound.arguments.get("generation_type") == "beam_search" and not hasattr(
             coca_model, "BeamSearchScorer"
         ):
-            from .errors import GenerationUnavailableError
+            from ..errors import GenerationUnavailableError
 
             raise GenerationUnavailableError(
                 "CoCa beam search needs transformers' BeamSearchScorer, which this environment lacks "
