@@ -7,7 +7,6 @@ the family.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -96,9 +95,3 @@ def hub_files(name: str) -> dict[str, str]:
     return {
         tag: "/".join(hub_location(cfg)) for tag, cfg in pretrained_cfgs(name).items() if cfg.get("hf_hub")
     }
-
-
-def config_json(name: str) -> str:
-    from open_clip import factory
-
-    return json.dumps(factory.get_model_config(name), indent=2)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from .compat.coca import Verdicts
+
 __all__ = [
     "LogitsProcessorList",
     "MinLengthLogitsProcessor",
@@ -108,13 +110,6 @@ class MaxLengthCriteria:
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
-class _Verdicts(tuple):
-    """Per-row verdicts usable both as ``all(v)`` (open_clip >= 2.29) and ``if v:`` (older)."""
-
-    def __bool__(self) -> bool:
-        return all(self)
-
-
 class StoppingCriteriaList(list):
     """A row is done when any criterion says so."""
 
@@ -123,8 +118,8 @@ class StoppingCriteriaList(list):
         lengths = [c.max_length for c in self if isinstance(c, MaxLengthCriteria)]
         return lengths[0] if lengths else None
 
-    def __call__(self, input_ids: torch.Tensor, scores=None) -> _Verdicts:
+    def __call__(self, input_ids: torch.Tensor, scores=None) -> Verdicts:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for criterion in self:
             done = done | torch.as_tensor(criterion(input_ids, scores), device=input_ids.device)
-        return _Verdicts(bool(flag) for flag in done)
+        return Verdicts(bool(flag) for flag in done)

@@ -12,9 +12,15 @@ import os
 from importlib import resources
 from typing import Any
 
-# open_clip's default weight file names inside an 'org/repo/' Hub entry (open_clip.constants).
-HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
-HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
+
+def __getattr__(name: str) -> str:
+    """``HF_WEIGHTS_NAME`` / ``HF_SAFE_WEIGHTS_NAME``: open_clip's own values (compat.registry), on use."""
+    names = ("HF_WEIGHTS_NAME", "HF_SAFE_WEIGHTS_NAME")
+    if name not in names:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .compat.registry import hub_weight_file_names
+
+    return dict(zip(names, hub_weight_file_names()))[name]
 
 
 def _expand(entry: dict[str, Any], presets: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -36,15 +42,13 @@ def pretrained_table() -> dict[str, dict[str, dict[str, Any]]]:
     }
 
 
-def tags_for(model_name: str) -> list[str]:
-    return list(pretrained_table().get(model_name, {}))
-
-
 def hub_location(cfg: dict[str, Any]) -> tuple[str, str]:
     """(repo_id, filename) the cfg downloads from, with open_clip's default name for 'org/repo/'."""
     repo_id, _, filename = cfg["hf_hub"].rstrip().rpartition("/")
     if not filename:  # 'org/repo/' form
-        repo_id, filename = cfg["hf_hub"].rstrip("/"), HF_WEIGHTS_NAME
+        from .compat.registry import hub_weight_file_names
+
+        repo_id, filename = cfg["hf_hub"].rstrip("/"), hub_weight_file_names()[0]
     return repo_id, filename
 
 

@@ -5,7 +5,7 @@ in the image tower; RepMixer in the MCt text tower) that collapse into single co
 inference: same outputs, fewer parameters and much less latency. Each such block offers a
 ``reparameterize()`` (timm's and ours), so fusing a model is a walk over its modules, like
 ``timm.utils.reparameterize_model``. We keep our own walk because several upstream blocks break
-when fused twice (see is_fused) and because fusing a model in training mode deserves a warning.
+when fused twice (see compat.timm_layers.is_fused) and because fusing a model in training mode deserves a warning.
 
 Fusing uses BatchNorm running statistics and removes the branches, so it is the step *after*
 training and *before* inference or export: a fused model can no longer be trained as before.
@@ -18,22 +18,9 @@ import warnings
 
 from torch import nn
 
+from .compat.timm_layers import fuse_method, is_fused
+
 __all__ = ["is_fused", "reparameterize"]
-
-# Attributes that hold a block's fused conv once it has been reparameterized: timm's FastViT /
-# MobileOne blocks and ours use ``reparam_conv`` (None until fused), Apple's V1
-# ReparamLargeKernelConv uses ``lkb_reparam``.
-FUSED_ATTRS = ("reparam_conv", "lkb_reparam")
-
-
-def is_fused(module: nn.Module) -> bool:
-    """True once a reparameterizable block holds its fused conv.
-
-    Needed because several upstream ``reparameterize()`` methods are not idempotent (timm 1.0.31's
-    ReparamLargeKernelConv, RepConditionalPosEnc and RepMixer delete their branches and fail, or
-    silently re-fuse, when called twice), so the walk checks before calling.
-    """
-    return any(getattr(module, attr, None) is not None for attr in FUSED_ATTRS)
 
 
 def _fuse(module: nn.Module) -> nn.Module:
@@ -41,16 +28,15 @@ def _fuse(module: nn.Module) -> nn.Module:
     if is_fused(module):
         return module
     mode = module.training
-    if callable(getattr(module, "fuse", None)):
-        fused = module.fuse()
-    elif callable(getattr(module, "reparameterize", None)):
-        module.reparameterize()
-        fused = module
-    elif callable(getattr(module, "switch_to_deploy", None)):
-        module.switch_to_deploy()
-        fused = module
-    else:
+    found = fuse_method(module)
+    if found is None:
         return module
+    name, method = found
+    if name == "fuse":  # returns a replacement
+        fused = method()
+    else:  # fuses in place
+        method()
+        fused = module
     return fused.train(mode)  # the new convs start in training mode; keep the block's mode
 
 

@@ -39,6 +39,8 @@ from timm.layers import (
 )
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 
+from ..compat.timm_layers import reset_classifier_head, take_indices
+
 # A list, not a tuple: timm's ``register_model`` appends each registered name to it.
 __all__ = ["FastVit", "BACKBONES"]
 
@@ -801,8 +803,7 @@ class FastVit(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
-        # Positional args only: the keyword names of ClassifierHead.reset differ across timm versions.
-        self.head.reset(num_classes, global_pool)
+        reset_classifier_head(self.head, num_classes, global_pool)
         if global_pool is not None:
             self.global_pool = global_pool
 
@@ -820,14 +821,14 @@ class FastVit(nn.Module):
         ``norm`` is accepted for API parity; FastViT has no norm after its stages.
         """
         assert output_fmt == "NCHW", "output_fmt must be NCHW"
-        take_indices, max_index = _take_indices(self.num_stages, indices)
+        take_indices_, max_index = take_indices(self.num_stages, indices)
         stages = self.stages[: max_index + 1] if stop_early and not torch.jit.is_scripting() else self.stages
         intermediates = []
         x = self.stem(x)
         feat_idx = 0
         for feat_idx, stage in enumerate(stages):
             x = stage(x)
-            if feat_idx in take_indices:
+            if feat_idx in take_indices_:
                 intermediates.append(x)
         if intermediates_only:
             return intermediates
@@ -845,19 +846,6 @@ class FastVit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def _take_indices(num_features: int, indices: int | list[int] | None) -> tuple[list[int], int]:
-    """timm's feature-index convention (absent from timm 0.9): None -> all, n -> last n, list -> those."""
-    if indices is None:
-        indices = num_features
-    if isinstance(indices, int):
-        assert 0 < indices <= num_features, f"last-n ({indices}) is out of range (1 to {num_features})"
-        take = [num_features - indices + i for i in range(indices)]
-    else:
-        take = [num_features + i if i < 0 else i for i in indices]
-        assert all(0 <= i < num_features for i in take), f"feature indices {indices} out of range"
-    return take, max(take)
 
 
 def _cfg(url: str = "", **kwargs) -> dict:

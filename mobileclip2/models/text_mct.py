@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 # The image tower's fusion primitives serve here too: a (1, k) depthwise kernel is a 2-D one.
+from ..compat.text_tower import quick_gelu_layer, text_norm_layer
 from .mci import ConvMlp, LayerScale2d, _fuse_bn, _identity_kernel
 
 __all__ = [
@@ -41,18 +42,6 @@ __all__ = [
     "TransformerBlock",
     "build_text_tower",
 ]
-
-
-def _open_clip_layers() -> tuple[type[nn.Module], type[nn.Module]]:
-    """open_clip's LayerNormFp32 and QuickGELU (public in open_clip.transformer since 2.0, checked 2.24-3.3).
-
-    LayerNormFp32 is used on purpose: Apple's MCt normalizes in fp32 ("layer_norm_fp32"), and
-    open_clip's low-precision setup (factory._set_model_device_and_precision) casts exactly the
-    LayerNormFp32 instances of timm-based models back to fp32.
-    """
-    from open_clip.transformer import LayerNormFp32, QuickGELU
-
-    return LayerNormFp32, QuickGELU
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +286,7 @@ class MCtTextEncoder(nn.Module):
         super().__init__()
         cfg = cfg or MCtCfg()
         if norm_layer is None:
-            norm_layer = _open_clip_layers()[0]
+            norm_layer = text_norm_layer(None)
         self.context_length = cfg.context_length
         self.vocab_size = cfg.vocab_size
         self.width = cfg.width
@@ -396,11 +385,13 @@ def build_text_tower(
 ) -> MCtTextEncoder:
     """open_clip text-tower builder for ``"text_tower": "mobileclip_mct"`` (see compat.register_text_tower).
 
-    ``cast_dtype`` needs no handling here: LayerNorms compute in fp32 at every precision, and
-    open_clip casts the weights after building.
+    The norm layer is chosen as open_clip chooses it for its own text towers (compat.text_norm_layer):
+    ``LayerNormFp32`` when a cast dtype is asked for (``precision='fp16'/'bf16'``; open_clip then keeps
+    those weights in fp32, and they normalize in fp32 as Apple's MCt does), plain ``LayerNorm`` otherwise,
+    so that an fp32 model can be cast whole with ``model.to(torch.bfloat16)`` or ``.half()``. Both compute
+    the same in fp32.
     """
-    layer_norm_fp32, quick_gelu_layer = _open_clip_layers()
-    act_layer = quick_gelu_layer if quick_gelu else nn.GELU
+    act_layer = quick_gelu_layer() if quick_gelu else nn.GELU
     return MCtTextEncoder(
-        embed_dim, MCtCfg.from_text_cfg(text_cfg), act_layer=act_layer, norm_layer=layer_norm_fp32
+        embed_dim, MCtCfg.from_text_cfg(text_cfg), act_layer=act_layer, norm_layer=text_norm_layer(cast_dtype)
     )

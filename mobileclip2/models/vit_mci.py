@@ -27,6 +27,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as _vit_checkpoint_filter_fn
 
+from ..compat.timm_layers import vit_has_forward_intermediates
+
 # A list, not a tuple: timm's ``register_model`` appends each registered name to it.
 __all__ = ["ConvStemEmbed", "BACKBONES"]
 
@@ -196,7 +198,7 @@ def checkpoint_filter_fn(
 
 def _create_vit_mci(variant: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
     out_indices = kwargs.pop("out_indices", 3)
-    if kwargs.get("features_only") and not hasattr(VisionTransformer, "forward_intermediates"):
+    if kwargs.get("features_only") and not vit_has_forward_intermediates():
         raise RuntimeError("features_only needs a timm whose VisionTransformer has forward_intermediates")
     kwargs.setdefault("embed_layer", ConvStemEmbed)
     kwargs.setdefault("patch_size", 1)

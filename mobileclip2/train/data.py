@@ -265,7 +265,7 @@ class ShardLayout:
 
 def first_sample(urls: str | list[str]) -> dict[str, Any]:
     """The first raw sample of the first shard (local path or any URL webdataset can open)."""
-    from open_clip_train.data import expand_urls, tarfile_to_samples_nothrow
+    from ..compat.open_clip_train import expand_urls, tarfile_to_samples_nothrow
 
     shard = expand_urls(urls)[0][0]
     for sample in tarfile_to_samples_nothrow([{"url": shard}]):
@@ -358,7 +358,8 @@ def _prepare_stage(samples, augmentation, tokenizer, sampling, shared_epoch, min
 def build_dr_dataloader(args, augmentation: Augmentation, sampling: DRSampling, tokenizer, epoch: int = 0):
     """open_clip_train-style DataInfo whose loader yields (images, texts, payload) batches."""
     import webdataset as wds
-    from open_clip_train.data import (
+
+    from ..compat.open_clip_train import (
         DataInfo,
         ResampledShards2,
         SharedEpoch,

@@ -1,0 +1,237 @@
+"""open_clip's model factory: clear errors, state_dict converters, preprocessing for local files.
+
+Versions handled: open_clip_torch 2.24.0 - 3.3.0. ``create_model`` / ``create_model_and_transforms``
+call the module-level names ``factory.create_model``, ``factory.download_pretrained``,
+``factory.load_checkpoint`` and ``factory.load_state_dict``, so replacing those attributes covers every
+public entry point (including open_clip_train). ``open_clip/__init__`` re-exports ``create_model`` and
+``load_checkpoint``, so those aliases are replaced too. open_clip >= 2.32 re-raises download failures
+as a bare RuntimeError (unwrapped here); ``factory.convert_state_dict`` exists from 2.26.1 on;
+``force_preprocess_cfg`` is feature-detected from ``create_model``'s signature. Wrappers keep the
+wrapped function as ``__wrapped__`` and never change a successful call's result.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from ..errors import (
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    UnknownModelError,
+    UnknownPretrainedTagError,
+    WeightsUnavailableError,
+)
+from ._common import already_wrapped, mark_wrapper
+
+StateDictConverter = Callable[[dict], dict]
+_STATE_DICT_CONVERTERS: list[StateDictConverter] = []
+# describe(state_dict as read) -> a sentence for mismatch errors about files a converter changed.
+_STATE_DICT_DESCRIBERS: list[Callable[[dict], str | None]] = []
+
+
+def add_state_dict_converter(
+    converter: StateDictConverter, describe: Callable[[dict], str | None] | None = None
+) -> None:
+    """Run `converter` on every state_dict open_clip reads (it returns its input when not applicable).
+
+    ``describe``, if given, explains a file the converter handled when it then fails to fit the
+    model (e.g. "an Apple V1 checkpoint of MobileCLIP-S1"); it returns None for other files.
+    """
+    if converter not in _STATE_DICT_CONVERTERS:
+        _STATE_DICT_CONVERTERS.append(converter)
+    if describe is not None and describe not in _STATE_DICT_DESCRIBERS:
+        _STATE_DICT_DESCRIBERS.append(describe)
+
+
+def _describe_as_read(load_state_dict: Callable, checkpoint_path) -> str:
+    """What the describers say about the file before conversion ('' if nothing)."""
+    if not _STATE_DICT_DESCRIBERS:
+        return ""
+    raw = getattr(load_state_dict, "__wrapped__", load_state_dict)(checkpoint_path)
+    notes = [note for describe in _STATE_DICT_DESCRIBERS if (note := describe(raw))]
+    return "".join(" " + note for note in notes)
+
+
+def _schema_of(model_name: str) -> str | None:
+    for prefix in ("hf-hub:", "local-dir:"):
+        if model_name.startswith(prefix):
+            return prefix
+    return None
+
+
+def check_model_and_tag(model_name: str, pretrained: str | None) -> None:
+    """Raise the clear error open_clip would otherwise raise in a less helpful form."""
+    from open_clip import factory
+    from open_clip import pretrained as open_clip_pretrained
+
+    if _schema_of(model_name):
+        return
+    name = model_name.replace("/", "-")
+    if factory.get_model_config(name) is None:
+        known = factory.list_models()
+        raise UnknownModelError(model_name, known, hint=_tag_in_name_hint(name, known))
+    if not pretrained or pretrained.lower() == "openai" or os.path.isfile(pretrained):
+        return
+    if not open_clip_pretrained.is_pretrained_cfg(name, pretrained):
+        raise UnknownPretrainedTagError(
+            name, pretrained, open_clip_pretrained.list_pretrained_tags_by_model(name)
+        )
+
+
+def _tag_in_name_hint(name: str, known: Iterable[str]) -> str:
+    """'MobileCLIP-B-LT' is 'MobileCLIP-B' with tag 'datacompdr_lt': Hub repo names mix the two."""
+    from open_clip.pretrained import list_pretrained_tags_by_model
+
+    for model in known:
+        if not name.lower().startswith(model.lower() + "-"):
+            continue
+        suffix = name[len(model) + 1 :].lower().replace("-", "_")
+        for tag in list_pretrained_tags_by_model(model):
+            if tag == suffix or tag.endswith("_" + suffix):
+                return f"{name!r} is open_clip model {model!r} with pretrained={tag!r}."
+    return ""
+
+
+def _weights_error_in_chain(error: BaseException) -> WeightsUnavailableError | None:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, WeightsUnavailableError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+# Preprocessing a model's weights were trained with, by model name (see install_factory_hooks).
+_LOCAL_FILE_PREPROCESS: dict[str, dict[str, Any]] = {}
+
+
+def _with_local_file_preprocess(signature, model_name, pretrained, args, kwargs) -> tuple[tuple, dict]:
+    """For a local checkpoint file, start from the model's own preprocessing instead of open_clip's
+    generic defaults (OpenAI mean/std, bicubic), which are wrong for most MobileCLIP weights.
+
+    open_clip 2.24-3.3 merge preprocessing only from a *tag*'s cfg; a file path gets the generic
+    defaults. Values the caller passes (image_mean=..., force_preprocess_cfg=...) still win.
+    """
+    defaults = _LOCAL_FILE_PREPROCESS.get(str(model_name).replace("/", "-"))
+    if "force_preprocess_cfg" not in signature.parameters:
+        return args, kwargs
+    if not defaults or not pretrained or not os.path.isfile(str(pretrained)):
+        return args, kwargs
+    bound = signature.bind_partial(model_name, pretrained, *args, **kwargs)
+    bound.arguments["force_preprocess_cfg"] = {
+        **defaults,
+        **(bound.arguments.get("force_preprocess_cfg") or {}),
+    }
+    return bound.args[2:], bound.kwargs
+
+
+def _wrap_create_model(original: Callable) -> Callable:
+    import inspect
+
+    signature = inspect.signature(original)
+
+    def create_model(model_name, pretrained=None, *args, **kwargs):
+        check_model_and_tag(model_name, pretrained)
+        args, kwargs = _with_local_file_preprocess(signature, model_name, pretrained, args, kwargs)
+        try:
+            return original(model_name, pretrained, *args, **kwargs)
+        except RuntimeError as error:
+            # open_clip >= 2.32 re-raises download failures as a bare RuntimeError; surface ours.
+            weights_error = _weights_error_in_chain(error)
+            if weights_error is not None and weights_error is not error:
+                raise weights_error from None
+            raise
+
+    return mark_wrapper(create_model, original)
+
+
+def _describe_source(cfg: Mapping[str, Any]) -> str:
+    if cfg.get("hf_hub"):
+        from ..pretrained import hub_location
+
+        return "hf://" + "/".join(hub_location(cfg))
+    return cfg.get("url") or cfg.get("file") or str(dict(cfg))
+
+
+def _wrap_download_pretrained(original: Callable) -> Callable:
+    def download_pretrained(cfg, *args, **kwargs):
+        try:
+            return original(cfg, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - any failure here means "weights not obtainable"
+            from ..pretrained import hub_offline
+
+            raise WeightsUnavailableError(
+                _describe_source(cfg or {}), error, offline=hub_offline()
+            ) from error
+
+    return mark_wrapper(download_pretrained, original)
+
+
+def _wrap_load_state_dict(original: Callable) -> Callable:
+    def load_state_dict(checkpoint_path, *args, **kwargs):
+        if not os.path.isfile(checkpoint_path):
+            raise FileNotFoundError(f"checkpoint file not found: {checkpoint_path!r}")
+        try:
+            state_dict = original(checkpoint_path, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - a reader failure means the file is unusable
+            raise CorruptCheckpointError(str(checkpoint_path), error) from error
+        if not isinstance(state_dict, dict) or not state_dict:
+            raise CorruptCheckpointError(str(checkpoint_path), TypeError("no tensors found in the file"))
+        for converter in _STATE_DICT_CONVERTERS:
+            state_dict = converter(state_dict)
+        return state_dict
+
+    return mark_wrapper(load_state_dict, original)
+
+
+def _wrap_load_checkpoint(original: Callable) -> Callable:
+    def load_checkpoint(model, checkpoint_path, *args, **kwargs):
+        try:
+            return original(model, checkpoint_path, *args, **kwargs)
+        except RuntimeError as error:
+            if "Error(s) in loading state_dict" not in str(error):
+                raise
+            from open_clip import factory
+
+            from ..checkpoints import summarize_mismatch
+
+            state_dict = factory.load_state_dict(checkpoint_path)
+            convert = getattr(factory, "convert_state_dict", None)  # open_clip >= 2.26.1
+            if convert is not None:
+                state_dict = convert(model, state_dict)
+            summary = summarize_mismatch(
+                model.state_dict(), state_dict, source=f"checkpoint {str(checkpoint_path)!r}"
+            )
+            summary += _describe_as_read(factory.load_state_dict, checkpoint_path)
+            raise CheckpointMismatchError(summary) from error
+
+    return mark_wrapper(load_checkpoint, original)
+
+
+def install_factory_hooks(local_file_preprocess: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Clear errors for bad names/tags/files/downloads, state_dict conversion on load, and
+    ``local_file_preprocess`` (model name -> preprocess keys) for checkpoints given as file paths."""
+    import open_clip
+    from open_clip import factory
+
+    _LOCAL_FILE_PREPROCESS.update({name: dict(cfg) for name, cfg in (local_file_preprocess or {}).items()})
+    wrappers = {
+        "create_model": _wrap_create_model,
+        "download_pretrained": _wrap_download_pretrained,
+        "load_state_dict": _wrap_load_state_dict,
+        "load_checkpoint": _wrap_load_checkpoint,
+    }
+    for attr, make_wrapper in wrappers.items():
+        original = getattr(factory, attr)
+        if not already_wrapped(original):
+            setattr(factory, attr, make_wrapper(original))
+    for attr in ("create_model", "load_checkpoint"):
+        if hasattr(open_clip, attr):
+            setattr(open_clip, attr, getattr(factory, attr))
+
+
+# Kept for callers of the old private name (mobileclip2.loading).
+_check_model_and_tag = check_model_and_tag

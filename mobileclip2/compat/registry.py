@@ -1,0 +1,91 @@
+"""open_clip's name registries: model configs and pretrained tags.
+
+Versions handled: open_clip_torch 2.24.0 - 3.3.0 keep the configs in ``factory._MODEL_CONFIGS``
+(name -> dict), rebuilt from ``factory._MODEL_CONFIG_PATHS`` by ``_rescan_model_configs()``; the public
+``add_model_config(path)`` rescans every file on each call and lets a later file override a native name,
+so we add single files for missing names only and insert them directly. Pretrained tags live in
+``pretrained._PRETRAINED`` (name -> tag -> cfg dict). An open_clip carrying our upstream patch
+(patches/0001) has public ``register_model_config`` / ``register_pretrained_cfg``; they are used when
+present. The weight file names open_clip looks for inside an ``org/repo/`` Hub entry are
+``HF_WEIGHTS_NAME`` / ``HF_SAFE_WEIGHTS_NAME``: in ``open_clip.constants`` on 3.3.0, in
+``open_clip.push_to_hf_hub`` on 2.24.0 (found by feature detection).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+def hub_weight_file_names() -> tuple[str, str]:
+    """(pickle name, safetensors name) open_clip reads from an ``org/repo/`` Hub entry."""
+    from open_clip import constants
+
+    if hasattr(constants, "HF_WEIGHTS_NAME"):
+        return constants.HF_WEIGHTS_NAME, constants.HF_SAFE_WEIGHTS_NAME
+    from open_clip import push_to_hf_hub  # open_clip < 2.26 keeps them here
+
+    return push_to_hf_hub.HF_WEIGHTS_NAME, push_to_hf_hub.HF_SAFE_WEIGHTS_NAME
+
+
+def native_model_config_names() -> set[str]:
+    """Names open_clip's own config directory defines (ignoring anything added at runtime)."""
+    from open_clip import factory
+
+    native_dir = Path(factory.__file__).parent / "model_configs"
+    return {path.stem for path in native_dir.glob("*.json")}
+
+
+def add_model_config_files(files: Iterable[Path], replace: bool = False) -> list[str]:
+    """Register each JSON config whose name open_clip does not know yet; returns names added.
+
+    ``replace=True`` overrides native names too; it exists for equivalence tests and debugging
+    (``register(force_backfill=True)``), never for normal use. An open_clip carrying our upstream
+    patch (patches/0001) has a public ``register_model_config``; it is used when present.
+    """
+    from open_clip import factory
+
+    public = getattr(factory, "register_model_config", None)
+    known = set(factory.list_models())
+    added = []
+    for path in files:
+        path = Path(path)
+        if path.stem in known and not replace:
+            continue
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if public is not None:
+            public(path.stem, config, overwrite=replace)
+        else:
+            factory._MODEL_CONFIG_PATHS.append(path)  # survives a later _rescan_model_configs()
+            factory._MODEL_CONFIGS[path.stem] = config
+        added.append(path.stem)
+    if added and public is None:
+        ordered = sorted(factory._MODEL_CONFIGS.items(), key=lambda item: factory._natural_key(item[0]))
+        factory._MODEL_CONFIGS.clear()
+        factory._MODEL_CONFIGS.update(ordered)
+    return added
+
+
+def add_pretrained_cfgs(
+    table: Mapping[str, Mapping[str, Mapping[str, Any]]], replace: bool = False
+) -> list[tuple[str, str]]:
+    """Add (model, tag) entries open_clip lacks; native entries are kept unless ``replace``.
+
+    Uses the public ``register_pretrained_cfg`` of a patched open_clip (patches/0001) when present.
+    """
+    from open_clip import pretrained
+
+    public = getattr(pretrained, "register_pretrained_cfg", None)
+    added = []
+    for model_name, tags in table.items():
+        for tag, cfg in tags.items():
+            if pretrained.is_pretrained_cfg(model_name, tag) and not replace:
+                continue
+            if public is not None:
+                public(model_name, tag, dict(cfg), overwrite=replace)
+            else:
+                pretrained._PRETRAINED.setdefault(model_name, {})[tag] = dict(cfg)
+            added.append((model_name, tag))
+    return added
