@@ -18,10 +18,11 @@ import sys
 ENV_SWITCH = "MOBILECLIP2_AUTOLOAD"
 # First import of the key module runs the entry points of the value group.
 WATCHED_MODULES = {"open_clip": "open_clip.plugins", "timm": "timm.plugins"}
-# Name of the discovery function an open_clip with built-in plugin support exposes.
-UPSTREAM_DISCOVERY_ATTR = "load_plugins"
+# Marks our finder on sys.meta_path across reloads of this module (a reload makes a new class, so
+# isinstance cannot recognise the finder an earlier copy installed).
+FINDER_MARK = "__mobileclip2_post_import_finder__"
 
-_groups_run = set()
+_groups_run: set = globals().get("_groups_run", set())  # kept across importlib.reload
 
 
 def autoload_enabled() -> bool:
@@ -85,11 +86,17 @@ class _RunGroupAfterExec:
         if module.__spec__ is not None:
             module.__spec__.loader = self._loader
         self._loader.exec_module(module)
-        if not hasattr(module, UPSTREAM_DISCOVERY_ATTR):
+        from .compat.plugins import upstream_discovers_plugins
+
+        if not upstream_discovers_plugins(module):
             run_entry_points(self._group)
 
     def __getattr__(self, name: str):
         return getattr(self._loader, name)
+
+
+def _is_our_finder(finder) -> bool:
+    return getattr(finder, FINDER_MARK, False)
 
 
 class PostImportFinder:
@@ -106,7 +113,7 @@ class PostImportFinder:
 
     def _real_spec(self, fullname, path, target):
         for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
+            if _is_our_finder(finder) or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(fullname, path, target)
             if spec is not None:
@@ -114,12 +121,22 @@ class PostImportFinder:
         return None
 
 
+setattr(PostImportFinder, FINDER_MARK, True)
+
+
 def arm() -> bool:
-    """Install the finder once; returns True if it is (now) installed."""
+    """Install the finder once; returns True if it is (now) installed.
+
+    Idempotent across ``importlib.reload`` of this module too: a finder an earlier copy installed is
+    replaced by this copy's, so exactly one is ever on ``sys.meta_path``.
+    """
     if not autoload_enabled():
         return False
-    if not any(isinstance(finder, PostImportFinder) for finder in sys.meta_path):
-        sys.meta_path.insert(0, PostImportFinder())
+    current = [finder for finder in sys.meta_path if _is_our_finder(finder)]
+    if len(current) == 1 and type(current[0]) is PostImportFinder:
+        return True
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not _is_our_finder(finder)]
+    sys.meta_path.insert(0, PostImportFinder())
     return True
 
 

@@ -203,3 +203,19 @@ def test_open_clip_train_sees_the_names(tmp_path):
     assert (tmp_path / "smoke" / "checkpoints" / "epoch_1.pt").is_file()
     log = (tmp_path / "smoke" / "out.log").read_text()
     assert "Train Epoch: 0" in log and "Loss" in log
+
+
+def test_reloading_the_hook_keeps_one_finder():
+    """importlib.reload(_autoload) used to add a second finder; the two then called each other
+    (RecursionError on the next `import open_clip`)."""
+    code = (
+        "import importlib, json, sys; import mobileclip2._autoload as hook; "
+        "importlib.reload(hook); importlib.reload(hook); "
+        "ours = [f for f in sys.meta_path if getattr(f, hook.FINDER_MARK, False)]; "
+        "import open_clip; "
+        "print(json.dumps([len(ours), type(ours[0]) is hook.PostImportFinder, "
+        "'MobileCLIP-S3' in open_clip.list_models()]))"
+    )
+    proc = _python(["-c", code], env_extra={"PYTHONPATH": str(REPO_ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [1, True, True]
