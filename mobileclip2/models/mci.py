@@ -22,12 +22,14 @@ from timm 0.9.16 on. Nothing is registered on import: ``mobileclip2.plugin`` reg
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.layers import (
     ClassifierHead,
     ConvNormAct,
@@ -848,54 +850,6 @@ class FastVit(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _cfg(url: str = "", **kwargs) -> dict:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 256, 256),
-        "pool_size": (8, 8),
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "license": "fastvit-license",
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": ("stem.0.conv_kxk.0.conv", "stem.0.conv_scale.conv"),
-        "classifier": "head.fc",
-        **kwargs,
-    }
-
-
-# The order of tags matters: the first tag with weights is a name's default (as in timm 1.0.31).
-_CLIP = dict(num_classes=512, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), license="apple-amlr")
-_CLIP_L = dict(
-    num_classes=768,
-    mean=OPENAI_CLIP_MEAN,
-    std=OPENAI_CLIP_STD,
-    pool_size=(4, 4),
-    first_conv="stem.0.conv_kxk.0.conv",
-    license="apple-amlr",
-)
-_APPLE_URL = "https://docs-assets.developer.apple.com/ml-research/datasets/mobileclip/"
-
-default_cfgs = generate_default_cfgs(
-    {
-        "fastvit_mci0.apple_mclip": _cfg(
-            hf_hub_id="apple/mobileclip_s0_timm", url=_APPLE_URL + "mobileclip_s0.pt", crop_pct=0.95, **_CLIP
-        ),
-        "fastvit_mci1.apple_mclip": _cfg(
-            hf_hub_id="apple/mobileclip_s1_timm", url=_APPLE_URL + "mobileclip_s1.pt", crop_pct=0.95, **_CLIP
-        ),
-        "fastvit_mci2.apple_mclip": _cfg(
-            hf_hub_id="apple/mobileclip_s2_timm", url=_APPLE_URL + "mobileclip_s2.pt", crop_pct=0.95, **_CLIP
-        ),
-        "fastvit_mci0.apple_mclip2_dfndr2b": _cfg(hf_hub_id="timm/", crop_pct=1.0, **_CLIP),
-        "fastvit_mci2.apple_mclip2_dfndr2b": _cfg(hf_hub_id="timm/", crop_pct=0.95, **_CLIP),
-        "fastvit_mci3.apple_mclip2_dfndr2b": _cfg(hf_hub_id="timm/", crop_pct=0.95, **_CLIP_L),
-        "fastvit_mci4.apple_mclip2_dfndr2b": _cfg(hf_hub_id="timm/", crop_pct=0.95, **_CLIP_L),
-    }
-)
-
-
 _TIMM_SENTINEL = "stem.0.conv_kxk.0.conv.weight"
 
 
@@ -931,93 +885,124 @@ def _create_fastvit(variant: str, pretrained: bool = False, **kwargs) -> FastVit
     )
 
 
-def fastvit_mci0(pretrained: bool = False, **kwargs) -> FastVit:
-    """MCi0, the MobileCLIP-S0 / MobileCLIP2-S0 image encoder."""
-    model_args = dict(
-        layers=(2, 6, 10, 2),
-        embed_dims=(64, 128, 256, 512),
-        mlp_ratios=(3, 3, 3, 3),
-        se_downsamples=(False, False, True, True),
-        pos_embs=(None, None, None, partial(RepConditionalPosEnc, spatial_shape=(7, 7))),
-        token_mixers=("repmixer", "repmixer", "repmixer", "attention"),
-        lkc_use_act=True,
+@dataclass(frozen=True)
+class MCiVariant:
+    """One row of the MCi table: stage depths and widths, and which tower generation it belongs to.
+
+    MobileCLIP's towers (4 stages) mix tokens by RepMixer in stages 1-3 and by attention in the last,
+    with MLP ratio 3 and SE in the last two downsamplings. MobileCLIP2-S3/S4 (5 stages) use attention in
+    the last two stages, MLP ratio 4, LayerNorm2d before attention and no scale branch in the stem.
+    Both put a RepCPE positional encoding in front of every attention stage.
+    """
+
+    depths: tuple[int, ...]
+    widths: tuple[int, ...]
+    doc: str
+
+    def model_args(self) -> dict:
+        """FastVit keyword arguments for this row."""
+        stages = len(self.depths)
+        mixers = ("repmixer",) * 3 + ("attention",) * (stages - 3)
+        cpe = partial(RepConditionalPosEnc, spatial_shape=(7, 7))
+        args = dict(
+            layers=self.depths,
+            embed_dims=self.widths,
+            token_mixers=mixers,
+            pos_embs=tuple(cpe if mixer == "attention" else None for mixer in mixers),
+            lkc_use_act=True,
+        )
+        if stages == 4:
+            args.update(mlp_ratios=(3,) * 4, se_downsamples=(False, False, True, True))
+        else:
+            args.update(
+                mlp_ratios=(4,) * stages,
+                se_downsamples=(False,) * stages,
+                downsamples=(False,) + (True,) * (stages - 1),
+                norm_layer=partial(LayerNorm2d, eps=1e-5),
+                stem_use_scale_branch=False,
+            )
+        return args
+
+
+# The MCi family (numbers from the MobileCLIP and MobileCLIP2 papers / Apple's released configs).
+MCI_VARIANTS: dict[str, MCiVariant] = {
+    "fastvit_mci0": MCiVariant((2, 6, 10, 2), (64, 128, 256, 512), "MobileCLIP-S0 / MobileCLIP2-S0"),
+    "fastvit_mci1": MCiVariant((4, 12, 20, 4), (64, 128, 256, 512), "MobileCLIP-S1"),
+    "fastvit_mci2": MCiVariant((4, 12, 24, 4), (80, 160, 320, 640), "MobileCLIP-S2 / MobileCLIP2-S2"),
+    "fastvit_mci3": MCiVariant((2, 12, 24, 4, 2), (96, 192, 384, 768, 1536), "MobileCLIP2-S3"),
+    "fastvit_mci4": MCiVariant((2, 12, 24, 4, 4), (128, 256, 512, 1024, 2048), "MobileCLIP2-S4"),
+}
+
+# Pretrained cfgs as data. Every MCi tag is a CLIP image tower (its "classes" are the embedding
+# width), so the values below are the effective ones; timm 1.0.31 lists the same tags in the same order
+# (the first tag with weights is a name's default), which tests/test_backbones.py checks.
+_APPLE_URL = "https://docs-assets.developer.apple.com/ml-research/datasets/mobileclip/"
+_TAG_BASE = dict(
+    input_size=(3, 256, 256), interpolation="bicubic", classifier="head.fc", license="apple-amlr"
+)
+# Head width and input statistics differ between the 4-stage (MobileCLIP) and 5-stage (MobileCLIP2-S3/S4)
+# towers: the latter were trained with OpenAI CLIP's mean/std.
+_TAG_BY_STAGES = {
+    4: dict(
+        num_classes=512,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        pool_size=(8, 8),
+        first_conv=("stem.0.conv_kxk.0.conv", "stem.0.conv_scale.conv"),
+    ),
+    5: dict(
+        num_classes=768,
+        mean=OPENAI_CLIP_MEAN,
+        std=OPENAI_CLIP_STD,
+        pool_size=(4, 4),
+        first_conv="stem.0.conv_kxk.0.conv",
+    ),
+}
+# (variant, tag, crop_pct, Apple release file or None for timm's own Hub copy)
+_TAGS = (
+    ("fastvit_mci0", "apple_mclip", 0.95, "mobileclip_s0"),
+    ("fastvit_mci1", "apple_mclip", 0.95, "mobileclip_s1"),
+    ("fastvit_mci2", "apple_mclip", 0.95, "mobileclip_s2"),
+    ("fastvit_mci0", "apple_mclip2_dfndr2b", 1.0, None),
+    ("fastvit_mci2", "apple_mclip2_dfndr2b", 0.95, None),
+    ("fastvit_mci3", "apple_mclip2_dfndr2b", 0.95, None),
+    ("fastvit_mci4", "apple_mclip2_dfndr2b", 0.95, None),
+)
+
+
+def _tag_cfg(variant: str, crop_pct: float, apple_file: str | None) -> dict:
+    """One pretrained cfg: Apple's own release (Hub copy + direct URL) or timm's Hub copy."""
+    source = (
+        dict(hf_hub_id=f"apple/{apple_file}_timm", url=f"{_APPLE_URL}{apple_file}.pt")
+        if apple_file
+        else dict(hf_hub_id="timm/", url="")
     )
-    return _create_fastvit("fastvit_mci0", pretrained=pretrained, **dict(model_args, **kwargs))
+    stages = len(MCI_VARIANTS[variant].depths)
+    return {**_TAG_BASE, **_TAG_BY_STAGES[stages], **source, "crop_pct": crop_pct}
 
 
-def fastvit_mci1(pretrained: bool = False, **kwargs) -> FastVit:
-    """MCi1, the MobileCLIP-S1 image encoder."""
-    model_args = dict(
-        layers=(4, 12, 20, 4),
-        embed_dims=(64, 128, 256, 512),
-        mlp_ratios=(3, 3, 3, 3),
-        se_downsamples=(False, False, True, True),
-        pos_embs=(None, None, None, partial(RepConditionalPosEnc, spatial_shape=(7, 7))),
-        token_mixers=("repmixer", "repmixer", "repmixer", "attention"),
-        lkc_use_act=True,
-    )
-    return _create_fastvit("fastvit_mci1", pretrained=pretrained, **dict(model_args, **kwargs))
+default_cfgs = generate_default_cfgs(
+    {f"{variant}.{tag}": _tag_cfg(variant, crop_pct, apple) for variant, tag, crop_pct, apple in _TAGS}
+)
 
 
-def fastvit_mci2(pretrained: bool = False, **kwargs) -> FastVit:
-    """MCi2, the MobileCLIP-S2 / MobileCLIP2-S2 image encoder."""
-    model_args = dict(
-        layers=(4, 12, 24, 4),
-        embed_dims=(80, 160, 320, 640),
-        mlp_ratios=(3, 3, 3, 3),
-        se_downsamples=(False, False, True, True),
-        pos_embs=(None, None, None, partial(RepConditionalPosEnc, spatial_shape=(7, 7))),
-        token_mixers=("repmixer", "repmixer", "repmixer", "attention"),
-        lkc_use_act=True,
-    )
-    return _create_fastvit("fastvit_mci2", pretrained=pretrained, **dict(model_args, **kwargs))
+def _variant_builder(name: str) -> Callable[..., FastVit]:
+    """The timm model function for one table row; ``**kwargs`` override the row's arguments.
 
+    timm's ``register_model`` keys a model by the function's ``__name__`` and finds its pretrained
+    cfgs through ``__module__``, so both are set as if the function had been written out here.
+    """
+    variant = MCI_VARIANTS[name]
 
-def fastvit_mci3(pretrained: bool = False, **kwargs) -> FastVit:
-    """MCi3, the 5-stage MobileCLIP2-S3 image encoder."""
-    model_args = dict(
-        layers=(2, 12, 24, 4, 2),
-        embed_dims=(96, 192, 384, 768, 1536),
-        mlp_ratios=(4, 4, 4, 4, 4),
-        se_downsamples=(False, False, False, False, False),
-        downsamples=(False, True, True, True, True),
-        pos_embs=(
-            None,
-            None,
-            None,
-            partial(RepConditionalPosEnc, spatial_shape=(7, 7)),
-            partial(RepConditionalPosEnc, spatial_shape=(7, 7)),
-        ),
-        token_mixers=("repmixer", "repmixer", "repmixer", "attention", "attention"),
-        lkc_use_act=True,
-        norm_layer=partial(LayerNorm2d, eps=1e-5),
-        stem_use_scale_branch=False,
-    )
-    return _create_fastvit("fastvit_mci3", pretrained=pretrained, **dict(model_args, **kwargs))
+    def build(pretrained: bool = False, **kwargs) -> FastVit:
+        return _create_fastvit(name, pretrained=pretrained, **{**variant.model_args(), **kwargs})
 
-
-def fastvit_mci4(pretrained: bool = False, **kwargs) -> FastVit:
-    """MCi4, the 5-stage MobileCLIP2-S4 image encoder."""
-    model_args = dict(
-        layers=(2, 12, 24, 4, 4),
-        embed_dims=(128, 256, 512, 1024, 2048),
-        mlp_ratios=(4, 4, 4, 4, 4),
-        se_downsamples=(False, False, False, False, False),
-        downsamples=(False, True, True, True, True),
-        pos_embs=(
-            None,
-            None,
-            None,
-            partial(RepConditionalPosEnc, spatial_shape=(7, 7)),
-            partial(RepConditionalPosEnc, spatial_shape=(7, 7)),
-        ),
-        token_mixers=("repmixer", "repmixer", "repmixer", "attention", "attention"),
-        lkc_use_act=True,
-        norm_layer=partial(LayerNorm2d, eps=1e-5),
-        stem_use_scale_branch=False,
-    )
-    return _create_fastvit("fastvit_mci4", pretrained=pretrained, **dict(model_args, **kwargs))
+    build.__name__ = build.__qualname__ = name
+    build.__module__ = __name__
+    build.__doc__ = f"{name}: the {variant.doc} image encoder."
+    return build
 
 
 # Undecorated on purpose: registering at import would shadow timm's own definitions.
-BACKBONES = (fastvit_mci0, fastvit_mci1, fastvit_mci2, fastvit_mci3, fastvit_mci4)
+BACKBONES = tuple(_variant_builder(name) for name in MCI_VARIANTS)
+globals().update({fn.__name__: fn for fn in BACKBONES})  # fastvit_mci0 .. 4 as module attributes
