@@ -129,7 +129,7 @@ def test_registration_is_idempotent_and_defers_to_upstream():
         "coca_ViT-L-14-context256",
     ]
     assert plugin.registration_state()[0].timm_backfilled == []
-    for name in plugin.BACKBONE_MODULES:  # timm's own definitions stay in place
+    for name in plugin.backbone_names():  # timm's own definitions stay in place
         assert timm.models.model_entrypoint(name).__module__.startswith("timm.models.")
 
 

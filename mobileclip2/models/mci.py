@@ -17,7 +17,7 @@ has no 5-stage layout, no SE in downsampling, no LayerNorm attention blocks), so
 modules here keep timm 1.0.31's module names, state_dict keys and numerics, so one checkpoint loads into
 either, and they are built only from ``timm.layers`` / ``timm.models`` pieces whose signatures agree
 from timm 0.9.16 on. Nothing is registered on import: ``mobileclip2.plugin`` registers the functions in
-``BACKBONES`` for the names the installed timm does not define, and upstream wins everywhere else.
+``BACKBONES`` (one per row of ``MCI_VARIANTS``) for the names the installed timm does not define, and upstream wins everywhere else.
 """
 
 from __future__ import annotations
