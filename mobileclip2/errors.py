@@ -108,3 +108,18 @@ class CheckpointMismatchError(MobileCLIP2Error, RuntimeError):
 
 class GenerationUnavailableError(MobileCLIP2Error, RuntimeError):
     """A text-generation mode the installed libraries cannot provide (e.g. CoCa beam search)."""
+
+
+# Training (mobileclip2.train): flags, DR shards, teachers.
+
+
+class TrainArgsError(MobileCLIP2Error, ValueError):
+    """A flag combination mobileclip2.train cannot run; the message says why and what to use."""
+
+
+class DRDataError(MobileCLIP2Error, ValueError):
+    """The shards cannot feed the requested training mode; the message says what is missing."""
+
+
+class TeacherError(MobileCLIP2Error, ValueError):
+    """Teachers that cannot be used as asked; the message says why."""

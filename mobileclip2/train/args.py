@@ -13,13 +13,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ..errors import MobileCLIP2Error
+from ..errors import TrainArgsError
 
 __all__ = ["build_parser", "split_argv", "validate", "TrainArgsError"]
-
-
-class TrainArgsError(MobileCLIP2Error, ValueError):
-    """A flag combination mobileclip2.train cannot run; the message says why and what to use."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import MobileCLIP2Error
+from ..errors import DRDataError
 from .augment import Augmentation, decode_image
 
 __all__ = [
@@ -63,10 +63,6 @@ EMBEDDING_KEYS = ("npz", "pth.gz")  # npz first: Apple prefers the fp32 copy whe
 # open_clip_train.data's shuffle buffers (module constants there, not public API).
 SHARD_SHUFFLE_SIZE, SHARD_SHUFFLE_INITIAL = 2000, 500
 SAMPLE_SHUFFLE_SIZE, SAMPLE_SHUFFLE_INITIAL = 5000, 1000
-
-
-class DRDataError(MobileCLIP2Error, ValueError):
-    """The shards cannot feed the requested training mode; the message says what is missing."""
 
 
 @dataclass(frozen=True)

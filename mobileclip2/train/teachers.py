@@ -30,14 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import MobileCLIP2Error
+from ..errors import TeacherError
 from .augment import as_height_width
 
 __all__ = ["TeacherEnsemble", "TeacherError", "parse_teacher_specs"]
-
-
-class TeacherError(MobileCLIP2Error, ValueError):
-    """Teachers that cannot be used as asked; the message says why."""
 
 
 _NO_PRETRAINED = {"", "n/a", "none", "null"}
