@@ -16,11 +16,22 @@ _LAZY_API = {
     "export": ("mobileclip2.exporting", "export"),
 }
 
-__all__ = ["__version__", *_LAZY_API]
+__all__ = ["__version__", "EXAMPLE_IMAGE", *_LAZY_API]
+
+
+def _example_image():
+    """Path of the small photo shipped as package data (README examples, ``mobileclip2 classify``)."""
+    from importlib import resources
+    from pathlib import Path
+
+    return Path(str(resources.files(__name__).joinpath("data/example.jpg")))
 
 
 def __getattr__(name: str):
     """Import public functions on first use, keeping ``import mobileclip2`` free of torch."""
+    if name == "EXAMPLE_IMAGE":
+        globals()[name] = value = _example_image()
+        return value
     try:
         module_name, attr = _LAZY_API[name]
     except KeyError:

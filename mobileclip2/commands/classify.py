@@ -7,7 +7,7 @@ runs on stderr when there are several images. The model runs through mobileclip2
 
 Example (the bundled picture; with a local checkpoint file instead of a tag it works offline):
 
-    mobileclip2 classify "$(python -c 'import mobileclip2.commands.classify as c; print(c.EXAMPLE_IMAGE)')" \\
+    mobileclip2 classify "$(python -c 'import mobileclip2; print(mobileclip2.EXAMPLE_IMAGE)')" \\
         --labels "a house on a hill" "a cat" "a city at night" --model MobileCLIP2-S0 --pretrained dfndr2b
 """
 
@@ -17,12 +17,12 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
+
+from .. import EXAMPLE_IMAGE  # noqa: F401 - the package's constant, re-exported for the CLI
 
 HELP = "Zero-shot classify images against text labels and print the labels ranked per image."
 DEFAULT_TEMPLATE = "a photo of {}."
-EXAMPLE_IMAGE = Path(str(resources.files("mobileclip2").joinpath("data/example.jpg")))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
