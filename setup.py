@@ -8,7 +8,7 @@ PEP 660 editable wheels (into the unpacked editable wheel, whose root is ``insta
 
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 PTH_NAME = "mobileclip2-autoload.pth"
@@ -44,4 +44,9 @@ class BuildPyWithAutoloadPth(build_py):
         return outputs
 
 
-setup(cmdclass={"build_py": BuildPyWithAutoloadPth})
+# model_configs/ is a top-level folder of the checkout (the single source of the architecture JSONs)
+# installed as the package mobileclip2.model_configs, in wheels and editable installs alike.
+PACKAGES = find_packages(include=["mobileclip2", "mobileclip2.*"]) + ["mobileclip2.model_configs"]
+PACKAGE_DIR = {"mobileclip2.model_configs": "model_configs"}
+
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, cmdclass={"build_py": BuildPyWithAutoloadPth})

@@ -39,8 +39,16 @@ _in_progress: set[str] = set()
 
 
 def config_files() -> list[Path]:
-    """Our architecture JSONs (package data), one file per open_clip model name."""
-    root = resources.files("mobileclip2").joinpath("model_configs")
+    """Our architecture JSONs (package data), one file per open_clip model name.
+
+    Installed as the package ``mobileclip2.model_configs`` (from the top-level ``model_configs/``, see
+    setup.py); a checkout used through ``PYTHONPATH`` has no such package and reads the folder itself.
+    """
+    checkout = Path(__file__).resolve().parent.parent / "model_configs"
+    if checkout.is_dir():
+        root = checkout
+    else:
+        root = resources.files("mobileclip2.model_configs")
     return sorted(Path(str(entry)) for entry in root.iterdir() if entry.name.endswith(".json"))
 
 
