@@ -44,7 +44,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from ..compat.timm_layers import reset_classifier_head, take_indices
 
 # A list, not a tuple: timm's ``register_model`` appends each registered name to it.
-__all__ = ["FastVit", "BACKBONES"]
+__all__ = ["FastVit", "BACKBONES", "MCI_VARIANTS", "fuse_bn"]
 
 
 def _num_groups(group_size: int | None, channels: int) -> int:
@@ -55,12 +55,18 @@ def _num_groups(group_size: int | None, channels: int) -> int:
     return channels // group_size
 
 
-def _fuse_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold an eval-mode BatchNorm into the bias-free conv ``kernel`` before it: (kernel, bias)."""
+def fuse_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BatchNorm into the bias-free conv ``kernel`` before it: (kernel, bias).
+
+    The package's one BN-folding rule (reparameterization here and in text_mct, folding in inference).
+    """
     std = (bn.running_var + bn.eps).sqrt()
     t = (bn.weight / std).reshape(-1, 1, 1, 1)
     # The bias is written as timm writes it, so fused weights agree with timm's bit for bit.
     return kernel * t, bn.bias - bn.running_mean * bn.weight / std
+
+
+_fuse_bn = fuse_bn  # old private name
 
 
 def _identity_kernel(
@@ -178,7 +184,7 @@ class MobileOneBlock(nn.Module):
             return self.reparam_conv.weight, self.reparam_conv.bias
         kernel_scale, bias_scale = 0, 0
         if self.conv_scale is not None:
-            kernel_scale, bias_scale = _fuse_bn(self.conv_scale.conv.weight, self.conv_scale.bn)
+            kernel_scale, bias_scale = fuse_bn(self.conv_scale.conv.weight, self.conv_scale.bn)
             pad = self.kernel_size // 2
             kernel_scale = F.pad(kernel_scale, [pad, pad, pad, pad])
         kernel_identity, bias_identity = 0, 0
@@ -186,11 +192,11 @@ class MobileOneBlock(nn.Module):
             eye = _identity_kernel(
                 self.in_chs, self.groups, (self.kernel_size, self.kernel_size), self.identity.weight
             )
-            kernel_identity, bias_identity = _fuse_bn(eye, self.identity)
+            kernel_identity, bias_identity = fuse_bn(eye, self.identity)
         kernel_conv, bias_conv = 0, 0
         if self.conv_kxk is not None:
             for branch in self.conv_kxk:
-                kernel, bias = _fuse_bn(branch.conv.weight, branch.bn)
+                kernel, bias = fuse_bn(branch.conv.weight, branch.bn)
                 kernel_conv += kernel
                 bias_conv += bias
         return kernel_conv + kernel_scale + kernel_identity, bias_conv + bias_scale + bias_identity
@@ -267,9 +273,9 @@ class ReparamLargeKernelConv(nn.Module):
         """The (kernel, bias) of the one conv equal to both branches (eval-mode BN statistics)."""
         if self.reparam_conv is not None:
             return self.reparam_conv.weight, self.reparam_conv.bias
-        kernel, bias = _fuse_bn(self.large_conv.conv.weight, self.large_conv.bn)
+        kernel, bias = fuse_bn(self.large_conv.conv.weight, self.large_conv.bn)
         if self.small_conv is not None:
-            small_kernel, small_bias = _fuse_bn(self.small_conv.conv.weight, self.small_conv.bn)
+            small_kernel, small_bias = fuse_bn(self.small_conv.conv.weight, self.small_conv.bn)
             bias = bias + small_bias
             kernel = kernel + F.pad(small_kernel, [(self.kernel_size - self.small_kernel) // 2] * 4)
         return kernel, bias

@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 # The image tower's fusion primitives serve here too: a (1, k) depthwise kernel is a 2-D one.
 from ..compat.text_tower import quick_gelu_layer, text_norm_layer
-from .mci import ConvMlp, LayerScale2d, _fuse_bn, _identity_kernel
+from .mci import ConvMlp, LayerScale2d, _identity_kernel, fuse_bn
 
 __all__ = [
     "MCtCfg",
@@ -82,11 +82,11 @@ class RepDwConv1d(nn.Module):
     def fused_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One depthwise (1, k) conv equal to the sum of all branches."""
         reference = self.identity.weight
-        kernel, bias = _fuse_bn(
+        kernel, bias = fuse_bn(
             _identity_kernel(self.dim, self.dim, (1, self.kernel_size), reference), self.identity
         )
         for branch in self.conv_kxk:
-            branch_kernel, branch_bias = _fuse_bn(branch.conv.weight, branch.bn)
+            branch_kernel, branch_bias = fuse_bn(branch.conv.weight, branch.bn)
             kernel, bias = kernel + branch_kernel, bias + branch_bias
         return kernel, bias
 
