@@ -18,8 +18,28 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_ROOT = Path(os.environ.get("MOBILECLIP2_COMPAT_CACHE", REPO_ROOT / ".cache" / "compat"))
 
-OLDEST_PAIR = ("2.24.0", "0.9.16")
-NEWEST_PAIR = ("3.3.0", "1.0.31")
+
+def _pins_from_setup_cfg(option: str, operator: str) -> tuple[str, str]:
+    """(open_clip_torch, timm) versions pinned with ``operator`` in setup.cfg's ``option`` (one source)."""
+    import configparser
+    import re
+
+    parser = configparser.ConfigParser()
+    parser.read(REPO_ROOT / "setup.cfg", encoding="utf-8")
+    section, _, key = option.rpartition(".")
+    text = parser.get(section, key)
+    found = {}
+    for package in ("open_clip_torch", "timm"):
+        match = re.search(rf"^\s*{package}\s*{re.escape(operator)}\s*([\w.]+)", text, re.MULTILINE)
+        if match is None:
+            raise RuntimeError(f"setup.cfg [{section}] {key} has no '{package}{operator}...' line")
+        found[package] = match.group(1)
+    return found["open_clip_torch"], found["timm"]
+
+
+# The oldest supported pair is install_requires' lower bounds; the reference pair is the test extra's pins.
+OLDEST_PAIR = _pins_from_setup_cfg("options.install_requires", ">=")
+NEWEST_PAIR = _pins_from_setup_cfg("options.extras_require.test", "==")
 
 
 def ensure_target(name: str, requirements: list[str]) -> Path:
