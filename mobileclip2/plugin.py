@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-# Modules whose ``BACKBONES`` (undecorated timm model functions) the plugin registers; the names
-# are the functions' own, so each module is the one place that lists its backbones.
-BACKBONE_MODULES = ("mobileclip2.models.mci", "mobileclip2.models.vit_mci")
+# timm backbone name -> module defining it (torch-free table in mobileclip2.models).
+from .models import BACKBONE_MODULES
 
 # Text towers open_clip cannot build: kind -> "module:builder".
 TEXT_TOWERS = {
@@ -52,14 +51,9 @@ def config_files() -> list[Path]:
     return sorted(Path(str(entry)) for entry in root.iterdir() if entry.name.endswith(".json"))
 
 
-def backbone_functions() -> list:
-    """Our timm model functions, in registration order (imports torch and timm)."""
-    return [fn for module in BACKBONE_MODULES for fn in importlib.import_module(module).BACKBONES]
-
-
 def backbone_names() -> list[str]:
-    """The timm names we can backfill (``fastvit_mci0`` .. ``vit_base_mci_224``)."""
-    return [fn.__name__ for fn in backbone_functions()]
+    """The timm names we can backfill (``fastvit_mci0`` .. ``vit_base_mci_224``); imports nothing heavy."""
+    return list(BACKBONE_MODULES)
 
 
 def register_timm(force_backfill: bool = False) -> Registration:
@@ -75,10 +69,10 @@ def register_timm(force_backfill: bool = False) -> Registration:
         import timm
         from timm.models import register_model
 
-        for fn in backbone_functions():
-            if force_backfill or not timm.is_model(fn.__name__):
-                register_model(fn)
-                _TIMM_STATE.timm_backfilled.append(fn.__name__)
+        for name, module_name in BACKBONE_MODULES.items():
+            if force_backfill or not timm.is_model(name):
+                register_model(getattr(importlib.import_module(module_name), name))
+                _TIMM_STATE.timm_backfilled.append(name)
         _TIMM_STATE.done = True
     finally:
         _in_progress.discard("timm")

@@ -23,7 +23,6 @@ from timm 0.9.16 on. Nothing is registered on import: ``mobileclip2.plugin`` reg
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -42,6 +41,7 @@ from timm.layers import (
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 
 from ..compat.timm_layers import reset_classifier_head, take_indices
+from . import MCI_VARIANTS, MCiVariant
 
 # A list, not a tuple: timm's ``register_model`` appends each registered name to it.
 __all__ = ["FastVit", "BACKBONES", "MCI_VARIANTS", "fuse_bn"]
@@ -891,53 +891,36 @@ def _create_fastvit(variant: str, pretrained: bool = False, **kwargs) -> FastVit
     )
 
 
-@dataclass(frozen=True)
-class MCiVariant:
-    """One row of the MCi table: stage depths and widths, and which tower generation it belongs to.
+def _model_args(variant: MCiVariant) -> dict:
+    """FastVit keyword arguments for one row of ``MCI_VARIANTS``.
 
     MobileCLIP's towers (4 stages) mix tokens by RepMixer in stages 1-3 and by attention in the last,
     with MLP ratio 3 and SE in the last two downsamplings. MobileCLIP2-S3/S4 (5 stages) use attention in
     the last two stages, MLP ratio 4, LayerNorm2d before attention and no scale branch in the stem.
     Both put a RepCPE positional encoding in front of every attention stage.
     """
-
-    depths: tuple[int, ...]
-    widths: tuple[int, ...]
-    doc: str
-
-    def model_args(self) -> dict:
-        """FastVit keyword arguments for this row."""
-        stages = len(self.depths)
-        mixers = ("repmixer",) * 3 + ("attention",) * (stages - 3)
-        cpe = partial(RepConditionalPosEnc, spatial_shape=(7, 7))
-        args = dict(
-            layers=self.depths,
-            embed_dims=self.widths,
-            token_mixers=mixers,
-            pos_embs=tuple(cpe if mixer == "attention" else None for mixer in mixers),
-            lkc_use_act=True,
+    stages = len(variant.depths)
+    mixers = ("repmixer",) * 3 + ("attention",) * (stages - 3)
+    cpe = partial(RepConditionalPosEnc, spatial_shape=(7, 7))
+    args = dict(
+        layers=variant.depths,
+        embed_dims=variant.widths,
+        token_mixers=mixers,
+        pos_embs=tuple(cpe if mixer == "attention" else None for mixer in mixers),
+        lkc_use_act=True,
+    )
+    if stages == 4:
+        args.update(mlp_ratios=(3,) * 4, se_downsamples=(False, False, True, True))
+    else:
+        args.update(
+            mlp_ratios=(4,) * stages,
+            se_downsamples=(False,) * stages,
+            downsamples=(False,) + (True,) * (stages - 1),
+            norm_layer=partial(LayerNorm2d, eps=1e-5),
+            stem_use_scale_branch=False,
         )
-        if stages == 4:
-            args.update(mlp_ratios=(3,) * 4, se_downsamples=(False, False, True, True))
-        else:
-            args.update(
-                mlp_ratios=(4,) * stages,
-                se_downsamples=(False,) * stages,
-                downsamples=(False,) + (True,) * (stages - 1),
-                norm_layer=partial(LayerNorm2d, eps=1e-5),
-                stem_use_scale_branch=False,
-            )
-        return args
+    return args
 
-
-# The MCi family (numbers from the MobileCLIP and MobileCLIP2 papers / Apple's released configs).
-MCI_VARIANTS: dict[str, MCiVariant] = {
-    "fastvit_mci0": MCiVariant((2, 6, 10, 2), (64, 128, 256, 512), "MobileCLIP-S0 / MobileCLIP2-S0"),
-    "fastvit_mci1": MCiVariant((4, 12, 20, 4), (64, 128, 256, 512), "MobileCLIP-S1"),
-    "fastvit_mci2": MCiVariant((4, 12, 24, 4), (80, 160, 320, 640), "MobileCLIP-S2 / MobileCLIP2-S2"),
-    "fastvit_mci3": MCiVariant((2, 12, 24, 4, 2), (96, 192, 384, 768, 1536), "MobileCLIP2-S3"),
-    "fastvit_mci4": MCiVariant((2, 12, 24, 4, 4), (128, 256, 512, 1024, 2048), "MobileCLIP2-S4"),
-}
 
 # Pretrained cfgs as data. Every MCi tag is a CLIP image tower (its "classes" are the embedding
 # width), so the values below are the effective ones; timm 1.0.31 lists the same tags in the same order
@@ -1001,7 +984,7 @@ def _variant_builder(name: str) -> Callable[..., FastVit]:
     variant = MCI_VARIANTS[name]
 
     def build(pretrained: bool = False, **kwargs) -> FastVit:
-        return _create_fastvit(name, pretrained=pretrained, **{**variant.model_args(), **kwargs})
+        return _create_fastvit(name, pretrained=pretrained, **{**_model_args(variant), **kwargs})
 
     build.__name__ = build.__qualname__ = name
     build.__module__ = __name__

@@ -137,43 +137,41 @@ class ConvStemEmbed(nn.Module):
         return x
 
 
-def _cfg(url: str = "", **kwargs) -> dict:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": None,
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,
-        "mean": (0.5, 0.5, 0.5),
-        "std": (0.5, 0.5, 0.5),
-        "first_conv": "patch_embed.backbone.stem.conv",
-        "classifier": "head",
-        "license": "apache-2.0",
-        **kwargs,
-    }
-
-
-# The order of tags matters: the first tag with weights is the name's default (as in timm 1.0.31).
-_CLIP = dict(
+# Pretrained cfgs as data: every tag is a CLIP image tower (512-wide "classes", unnormalised input
+# statistics); tags in timm 1.0.31's order, the first with weights being the default.
+_APPLE_URL = "https://docs-assets.developer.apple.com/ml-research/datasets/mobileclip/"
+_TAG_BASE = dict(
     num_classes=512,
+    input_size=(3, 224, 224),
+    pool_size=None,
+    crop_pct=0.9,
+    interpolation="bicubic",
+    fixed_input_size=True,
     mean=(0.0, 0.0, 0.0),
     std=(1.0, 1.0, 1.0),
     first_conv="patch_embed.backbone.0.conv",
+    classifier="head",
     license="apple-amlr",
 )
-_APPLE_URL = "https://docs-assets.developer.apple.com/ml-research/datasets/mobileclip/"
+# (tag, Apple release file or None for timm's own Hub copy)
+_TAGS = (
+    ("apple_mclip_lt", "mobileclip_blt"),
+    ("apple_mclip", "mobileclip_b"),
+    ("apple_mclip2_dfndr2b", None),
+)
+_APPLE_HUB = {"mobileclip_blt": "apple/mobileclip_b_lt_timm", "mobileclip_b": "apple/mobileclip_b_timm"}
 
 default_cfgs = generate_default_cfgs(
     {
-        "vit_base_mci_224.apple_mclip_lt": _cfg(
-            hf_hub_id="apple/mobileclip_b_lt_timm", url=_APPLE_URL + "mobileclip_blt.pt", **_CLIP
-        ),
-        "vit_base_mci_224.apple_mclip": _cfg(
-            hf_hub_id="apple/mobileclip_b_timm", url=_APPLE_URL + "mobileclip_b.pt", **_CLIP
-        ),
-        "vit_base_mci_224.apple_mclip2_dfndr2b": _cfg(hf_hub_id="timm/", **_CLIP),
+        f"vit_base_mci_224.{tag}": {
+            **_TAG_BASE,
+            **(
+                dict(hf_hub_id=_APPLE_HUB[apple], url=f"{_APPLE_URL}{apple}.pt")
+                if apple
+                else dict(hf_hub_id="timm/", url="")
+            ),
+        }
+        for tag, apple in _TAGS
     }
 )
 
