@@ -20,6 +20,30 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.lower())]
 
 
+# open_clip's default when a vision_cfg names no image_size (CLIPVisionCfg, 2.24.0 - 3.3.0).
+DEFAULT_IMAGE_SIZE = 224
+
+
+def image_height_width(source: Any) -> tuple[int, int]:
+    """(height, width) of the images a model takes: the one place that reads image sizes.
+
+    ``source`` is an open_clip model (its visual tower's ``preprocess_cfg["size"]``, else
+    ``visual.image_size``) or a model config dict (``vision_cfg.image_size``). Sizes are ints or
+    (height, width) pairs in open_clip; both come back as a pair.
+    """
+    if isinstance(source, dict):
+        size = source.get("vision_cfg", {}).get("image_size", DEFAULT_IMAGE_SIZE)
+    else:
+        visual = getattr(source, "visual", source)
+        size = (getattr(visual, "preprocess_cfg", None) or {}).get("size") or getattr(
+            visual, "image_size", DEFAULT_IMAGE_SIZE
+        )
+    if isinstance(size, int):
+        return size, size
+    height, width = tuple(size)[-2:]
+    return int(height), int(width)
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
@@ -43,7 +67,6 @@ def _describe(
 
     vision = config["vision_cfg"]
     backbone = vision.get("timm_model_name", "open_clip VisionTransformer")
-    size = vision.get("image_size", 224)
     return ModelInfo(
         name=name,
         tags=tuple(list_pretrained_tags_by_model(name)),
@@ -51,7 +74,7 @@ def _describe(
         image_backbone=backbone,
         backbone_native=backbone not in timm_backfilled,
         text_tower=config["text_cfg"].get("text_tower", "open_clip"),
-        image_size=size if isinstance(size, int) else size[0],
+        image_size=image_height_width(config)[0],
         embed_dim=config["embed_dim"],
     )
 

@@ -23,6 +23,7 @@ def check_one(name: str) -> dict:
     import open_clip
     import torch
 
+    from mobileclip2.catalog import image_height_width
     from mobileclip2.commands.info import tower_parameter_counts
 
     started = time.perf_counter()
@@ -32,8 +33,7 @@ def check_one(name: str) -> dict:
     finally:
         logging.disable(logging.NOTSET)
     tokenizer = open_clip.get_tokenizer(name)
-    size = model.visual.preprocess_cfg["size"]
-    height, width = (size, size) if isinstance(size, int) else size
+    height, width = image_height_width(model)
     with torch.no_grad():
         image = model.encode_image(torch.rand(1, 3, height, width))
         text = model.encode_text(tokenizer(["a photo of a cat"]))
