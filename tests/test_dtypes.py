@@ -54,3 +54,21 @@ def test_whole_model_casts_run_both_towers(name):
         assert (image.dtype, text.dtype) == (dtype, dtype), name
         assert image.shape == (1, config["embed_dim"]) and text.shape == (1, config["embed_dim"])
         assert torch.isfinite(image.float()).all() and torch.isfinite(text.float()).all()
+
+
+def test_mct_under_a_cast_precision_keeps_fp32_norms():
+    """precision='bf16' asks for a cast dtype: then MCt uses LayerNormFp32 with fp32 weights, as open_clip's own
+    text towers do, and still encodes."""
+    import open_clip
+    from open_clip.transformer import LayerNorm, LayerNormFp32
+
+    mobileclip2.register()
+    torch.manual_seed(0)
+    model = open_clip.create_model("MobileCLIP-S0", precision="bf16").eval()
+    norms = [m for m in model.text.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(type(m) is LayerNormFp32 and m.weight.dtype == torch.float32 for m in norms)
+    with torch.no_grad():
+        text = model.encode_text(open_clip.get_tokenizer("MobileCLIP-S0")(["a photo of a cat"]))
+    assert text.dtype == torch.bfloat16 and torch.isfinite(text.float()).all()
+    plain = open_clip.create_model("MobileCLIP-S0").text
+    assert all(type(m) is LayerNorm for m in plain.modules() if isinstance(m, torch.nn.LayerNorm))

@@ -262,3 +262,21 @@ def test_model_configs_ship_in_wheel_and_editable_install(tmp_path):
     proc = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd="/", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [expected, expected]
+
+
+def test_every_compat_module_names_the_versions_it_handles():
+    """Each upstream concern has its own compat module whose docstring says which versions it handles."""
+    import importlib
+    import pkgutil
+
+    import mobileclip2.compat as compat
+
+    modules = [info.name for info in pkgutil.iter_modules(compat.__path__) if not info.name.startswith("_")]
+    assert {"registry", "factory", "text_tower", "open_clip_train", "ddp", "coca", "timm_layers"} <= set(
+        modules
+    )
+    for name in modules:
+        doc = importlib.import_module(f"mobileclip2.compat.{name}").__doc__ or ""
+        assert "Versions handled" in doc, (
+            f"mobileclip2/compat/{name}.py does not name the versions it handles"
+        )
