@@ -72,23 +72,6 @@ UNSUPPORTED_KEYS = {
     "auto_augment": "Apple's DR code cannot replay it",
     "trivial_augment_wide": "Apple's DR code cannot replay it",
 }
-# Index = stored op id (Apple's RandAugment.op_names == torchvision's RandAugment op order).
-RAND_AUGMENT_OPS = (
-    "Identity",
-    "ShearX",
-    "ShearY",
-    "TranslateX",
-    "TranslateY",
-    "Rotate",
-    "Brightness",
-    "Color",
-    "Contrast",
-    "Sharpness",
-    "Posterize",
-    "Solarize",
-    "AutoContrast",
-    "Equalize",
-)
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -329,7 +312,7 @@ class RandomHorizontalFlip(_Step):
 # Bit-for-bit reference: torchvision.transforms.RandAugment (its magnitude space and op semantics),
 # which Apple's DR transforms use when they store an augmentation, so stored DataCompDR
 # parameters must replay to the same pixels; tests/test_train_augment.py compares each op and each
-# magnitude table with torchvision's. Op ids are positions in RAND_AUGMENT_OPS.
+# magnitude table with torchvision's. The table's order is the stored op ids' (RAND_AUGMENT_OPS).
 
 
 def _tv():
@@ -428,7 +411,9 @@ _RAND_AUGMENT = {
     "AutoContrast": _RandAugmentOp(_unary("autocontrast")),
     "Equalize": _RandAugmentOp(_unary("equalize")),
 }
-assert tuple(_RAND_AUGMENT) == RAND_AUGMENT_OPS  # one op set; the tuple fixes the stored ids
+# Stored op id = position in this tuple: the table's order, which is torchvision's RandAugment op
+# order and Apple's RandAugment.op_names (tested).
+RAND_AUGMENT_OPS = tuple(_RAND_AUGMENT)
 
 
 def rand_augment_magnitude(op: str, bin_index: int, bins: int, hw: tuple[int, int]) -> tuple[float, bool]:
