@@ -10,7 +10,7 @@ the pinned commit, and the tests compare against what it wrote:
     python tools/apple_v1_golden.py /tmp/ml-mobileclip
 
 Nothing of the checkout is copied; its `mobileclip` package is imported from the given path (it
-needs only torch, torchvision, timm and open_clip, already installed for this project).
+needs only torch, torchvision, numpy, timm and open_clip, already installed for this project).
 
 What is written (KBs, deterministic bytes for the same Apple code and torch):
   * ``manifests.json.gz``: for each V1 model (S0, S1, S2, B) the key / shape / dtype list of
