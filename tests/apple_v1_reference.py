@@ -1,99 +1,110 @@
-"""Apple's V1 `mobileclip` package (vendored, frozen: tests/fixtures/apple_v1) as a reference model.
+"""Apple's V1 `mobileclip` package as a reference, through golden data (tests/data/apple_v1/).
 
-The fixture is Apple's code unmodified; it imports itself as the top-level package `mobileclip`,
-so this helper puts the fixture directory first on sys.path, on first use only (importing it
-registers Apple's mci0/mci1/mci2/vit_b16 in timm's model registry, which the other tests should
-not see at collection time).
-
-Random initialisation leaves every BatchNorm at mean 0 / var 1 / weight 1 / bias 0, every layer
-scale at 1e-5 and the text projection uninitialised (Apple builds it with torch.empty), which
-would let a converter swap BatchNorms or drop a branch unnoticed. `build_v1` therefore replaces
-every constant-initialised tensor with random values before the comparison.
+tools/apple_v1_golden.py ran Apple's code (apple/ml-mobileclip 4144bb1f) on weights and inputs
+that a seeded recipe generates, and stored Apple's outputs, the key/shape manifests of Apple's
+state_dicts and digests of the inputs. This module rebuilds the same Apple-format state_dicts
+and inputs from that recipe (imported from the tool itself, so there is one recipe), so the
+tests can convert them with our converter and compare with what Apple's code computed.
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
+import importlib.util
 import json
-import sys
-import warnings
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
-FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "apple_v1"
-APPLE_COMMIT = "4144bb1f081a6bcb9bc9e6552dee3b29a9ef9855"
 
-# OpenCLIP name -> Apple V1 config name (MobileCLIP-B (LT) shares the B architecture).
-V1_NAMES = {
-    "MobileCLIP-S0": "mobileclip_s0",
-    "MobileCLIP-S1": "mobileclip_s1",
-    "MobileCLIP-S2": "mobileclip_s2",
-    "MobileCLIP-B": "mobileclip_b",
-}
+def _find_tool() -> Path:
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "tools" / "apple_v1_golden.py"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("tools/apple_v1_golden.py not found above tests/: run the tests from a checkout")
 
 
-def import_mobileclip():
-    """Apple's V1 package, imported from the fixture directory."""
-    if str(FIXTURE_DIR) not in sys.path:
-        sys.path.insert(0, str(FIXTURE_DIR))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # its `timm.models.layers` imports
-        import mobileclip
-        import mobileclip.clip
-    assert Path(mobileclip.__file__).resolve().is_relative_to(FIXTURE_DIR), mobileclip.__file__
-    return mobileclip
+@functools.cache
+def tool() -> ModuleType:
+    """tools/apple_v1_golden.py as a module: the recipe, the inputs, the data folder."""
+    spec = importlib.util.spec_from_file_location("apple_v1_golden", _find_tool())
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def v1_config(name: str) -> dict:
-    return json.loads((FIXTURE_DIR / "mobileclip" / "configs" / f"{V1_NAMES[name]}.json").read_text())
+@functools.cache
+def golden() -> dict:
+    """golden.json, checked against the recipe version this checkout's tool implements."""
+    summary = json.loads((tool().DATA_DIR / "golden.json").read_text())
+    if summary["recipe_version"] != tool().RECIPE_VERSION or summary["commit"] != tool().APPLE_COMMIT:
+        raise AssertionError(
+            "tests/data/apple_v1 was written by another recipe or Apple commit than tools/apple_v1_golden.py "
+            "defines: rerun the tool against the pinned Apple checkout (see its docstring)."
+        )
+    return summary
 
 
-def randomize_constants(state_dict: dict, generator: torch.Generator) -> dict:
-    """Random values for every tensor a fresh model initialises to a constant (or leaves empty)."""
-
-    def rand(shape, low, high):
-        return torch.rand(shape, generator=generator) * (high - low) + low
-
-    out = {}
-    for key, value in state_dict.items():
-        leaf = key.rsplit(".", 1)[-1]
-        if not value.is_floating_point():
-            out[key] = value
-        elif leaf == "running_var":
-            out[key] = rand(value.shape, 0.5, 1.5)
-        elif leaf == "running_mean":
-            out[key] = rand(value.shape, -0.2, 0.2)
-        elif leaf.startswith("layer_scale"):
-            out[key] = rand(value.shape, 0.05, 0.2)
-        elif leaf == "projection_layer":
-            out[key] = torch.randn(value.shape, generator=generator) * value.shape[0] ** -0.5
-        elif value.numel() > 1 and bool((value == value.flatten()[0]).all()):  # BN/LN weights, biases
-            out[key] = value.flatten()[0] + rand(value.shape, -0.2, 0.2)
-        else:
-            out[key] = value
-    return out
+@functools.cache
+def _manifests() -> dict:
+    return json.loads(gzip.decompress((tool().DATA_DIR / "manifests.json.gz").read_bytes()))
 
 
-def build_v1(name: str, seed: int = 0) -> torch.nn.Module:
-    """Apple's V1 CLIP for `name`, un-fused, eval mode, with every tensor random."""
-    mobileclip = import_mobileclip()
-    torch.manual_seed(seed)
-    model = mobileclip.clip.CLIP(cfg=v1_config(name)).eval()
-    generator = torch.Generator().manual_seed(seed + 1)
-    model.load_state_dict(randomize_constants(model.state_dict(), generator))
-    return model
+@functools.cache
+def _outputs() -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(tool().DATA_DIR / "outputs.safetensors"))
 
 
-def v1_preprocess(name: str):
-    """Apple's V1 inference transform for `name` (bilinear resize, center crop, ToTensor)."""
-    mobileclip = import_mobileclip()
-    _, _, preprocess = mobileclip.create_model_and_transforms(V1_NAMES[name], reparameterize=False)
-    return preprocess
+def v1_names() -> list[str]:
+    return list(tool().V1_NAMES)
 
 
-def v1_reparameterize(model: torch.nn.Module) -> torch.nn.Module:
-    """Apple's own fusing (a deep copy), for parity checks of ours."""
-    import_mobileclip()
-    from mobileclip.modules.common.mobileone import reparameterize_model
+def image_size(name: str) -> int:
+    return tool().IMAGE_SIZES[name]
 
-    return reparameterize_model(model)
+
+def apple_state_dict(name: str, fused: bool = False) -> dict[str, torch.Tensor]:
+    """Apple's state_dict for `name` (un-fused, or after Apple's reparameterize_model), recipe-filled.
+
+    The fused one holds recipe values, not Apple's fused values: it serves only the layout.
+    """
+    manifest = _manifests()[name]["fused" if fused else "unfused"]
+    return tool().recipe_state_dict(manifest, golden()["models"][name]["seed"])
+
+
+def apple_outputs(name: str, fused: bool = False) -> dict[str, torch.Tensor]:
+    """Apple's `image` / `text` features and `logits` on :func:`inputs` for `name`."""
+    prefix = f"{name}/fused_" if fused else f"{name}/"
+    return {key: _outputs()[prefix + key] for key in ("image", "text", "logits")}
+
+
+def inputs(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images the recipe generates (checked against the stored digest) and Apple's token rows."""
+    size = image_size(name)
+    images = tool().recipe_images(size)
+    if tool().tensor_digest(images) != golden()["inputs"][str(size)]:
+        raise AssertionError(
+            "torch.rand no longer reproduces the recipe's images (a torch RNG change?): "
+            "regenerate tests/data/apple_v1 with tools/apple_v1_golden.py."
+        )
+    return images, _outputs()["tokens"].long()
+
+
+def captions() -> list[str]:
+    return list(golden()["captions"])
+
+
+def probe_image():
+    return tool().probe_image()
+
+
+def preprocess_reference(size: int) -> tuple[torch.Tensor, str, int]:
+    """Apple's preprocessing of the probe at `size`: a strided subsample (uint8), the SHA-256 of the
+    full output as bytes, and the stride."""
+    entry = golden()["preprocess"][str(size)]
+    return _outputs()[f"preprocess/{size}"], entry["sha256"], golden()["preprocess_stride"]

@@ -14,6 +14,7 @@ from mobileclip2.train.augment import (
     RAND_AUGMENT_OPS,
     Augmentation,
     apply_rand_augment_op,
+    rand_augment_magnitude,
     student_augmentation_config,
 )
 
@@ -100,6 +101,31 @@ def test_each_rand_augment_op_replays_and_matches_torchvision(image, op):
             _apply_op(image, op, magnitude, interpolation=InterpolationMode.NEAREST, fill=None)
         )
         assert torch.equal(ours, reference)
+        pixels, fill = F.pil_to_tensor(image), [7.0, 8.0, 9.0]  # the tensor path, with a fill
+        try:
+            reference = _apply_op(pixels, op, magnitude, interpolation=InterpolationMode.BILINEAR, fill=fill)
+        except ValueError:  # e.g. a negative enhancement factor: refused on tensors by both
+            with pytest.raises(ValueError):
+                apply_rand_augment_op(pixels, op, magnitude, InterpolationMode.BILINEAR, fill)
+            continue
+        assert torch.equal(
+            apply_rand_augment_op(pixels, op, magnitude, InterpolationMode.BILINEAR, fill), reference
+        )
+
+
+def test_rand_augment_magnitude_tables_equal_torchvisions():
+    """Bin -> magnitude for every op, bin count and image shape, against torchvision's RandAugment
+    (the reference Apple's DR transforms sample with); compared as the floats the sampler returns."""
+    import torchvision.transforms as T
+
+    for bins in (2, 3, 7, 9, 25, 31, 33):
+        for hw in ((57, 75), (224, 224), (331, 500)):
+            theirs = T.RandAugment(num_magnitude_bins=bins)._augmentation_space(bins, hw)
+            assert tuple(theirs) == RAND_AUGMENT_OPS
+            for op, (table, signed) in theirs.items():
+                for index in range(bins):
+                    expected = float(table[index].item()) if table.ndim > 0 else 0.0
+                    assert rand_augment_magnitude(op, index, bins, hw) == (expected, signed), (op, bins, hw)
 
 
 @pytest.mark.parametrize("seed", range(6))

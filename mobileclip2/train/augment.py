@@ -72,23 +72,6 @@ UNSUPPORTED_KEYS = {
     "auto_augment": "Apple's DR code cannot replay it",
     "trivial_augment_wide": "Apple's DR code cannot replay it",
 }
-# Index = stored op id (Apple's RandAugment.op_names == torchvision's RandAugment op order).
-RAND_AUGMENT_OPS = (
-    "Identity",
-    "ShearX",
-    "ShearY",
-    "TranslateX",
-    "TranslateY",
-    "Rotate",
-    "Brightness",
-    "Color",
-    "Contrast",
-    "Sharpness",
-    "Posterize",
-    "Solarize",
-    "AutoContrast",
-    "Equalize",
-)
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -325,64 +308,127 @@ class RandomHorizontalFlip(_Step):
         return F.hflip(image) if params else image
 
 
-def _rand_augment_magnitudes(op: str, bins: int, height: int, width: int) -> tuple[torch.Tensor, bool]:
-    """(magnitude table, signed) of one op, the table torchvision's RandAugment uses."""
-    if op in ("ShearX", "ShearY"):
-        return torch.linspace(0.0, 0.3, bins), True
-    if op == "TranslateX":
-        return torch.linspace(0.0, 150.0 / 331.0 * width, bins), True
-    if op == "TranslateY":
-        return torch.linspace(0.0, 150.0 / 331.0 * height, bins), True
-    if op == "Rotate":
-        return torch.linspace(0.0, 30.0, bins), True
-    if op in ("Brightness", "Color", "Contrast", "Sharpness"):
-        return torch.linspace(0.0, 0.9, bins), True
-    if op == "Posterize":
-        return 8 - (torch.arange(bins) / ((bins - 1) / 4)).round().int(), False
-    if op == "Solarize":
-        return torch.linspace(255.0, 0.0, bins), False
-    return torch.tensor(0.0), False  # Identity, AutoContrast, Equalize
+# RandAugment as one table: per op, its magnitude per bin and what it does to an image.
+# Bit-for-bit reference: torchvision.transforms.RandAugment (its magnitude space and op semantics),
+# which Apple's DR transforms use when they store an augmentation, so stored DataCompDR
+# parameters must replay to the same pixels; tests/test_train_augment.py compares each op and each
+# magnitude table with torchvision's. The table's order is the stored op ids' (RAND_AUGMENT_OPS).
+
+
+def _tv():
+    from torchvision.transforms import functional
+
+    return functional
+
+
+def _linear(top: float, side: int | None = None):
+    """Bins spread evenly from 0 to `top` (times the image's height (0) or width (1) if `side`)."""
+
+    def table(bins: int, hw: tuple[int, int]) -> torch.Tensor:
+        return torch.linspace(0.0, top if side is None else top * hw[side], bins)
+
+    return table
+
+
+def _posterize_bits(bins: int, hw: tuple[int, int]) -> torch.Tensor:
+    """8 bits at bin 0 down to 4 bits at the last bin, rounded half to even. The float32 division by
+    bins-per-bit is what the reference computes; a multiplication by its inverse rounds differently."""
+    bins_per_bit = (bins - 1) / 4
+    return 8 - (torch.arange(bins) / bins_per_bit).round().int()
+
+
+def _solarize_thresholds(bins: int, hw: tuple[int, int]) -> torch.Tensor:
+    return torch.linspace(255.0, 0.0, bins)
+
+
+def _shear(axis: int):
+    """Shear by atan(magnitude) degrees along one axis, about the top-left corner."""
+
+    def apply(image, magnitude, interpolation, fill):
+        angles = [0.0, 0.0]
+        angles[axis] = math.degrees(math.atan(magnitude))
+        return _tv().affine(
+            image, angle=0.0, translate=[0, 0], scale=1.0, shear=angles,
+            interpolation=interpolation, fill=fill, center=[0, 0],
+        )  # fmt: skip
+
+    return apply
+
+
+def _translate(axis: int):
+    """Shift by a whole number of pixels along one axis (truncated toward zero)."""
+
+    def apply(image, magnitude, interpolation, fill):
+        offset = [0, 0]
+        offset[axis] = int(magnitude)
+        return _tv().affine(
+            image, angle=0.0, translate=offset, scale=1.0, shear=[0.0, 0.0],
+            interpolation=interpolation, fill=fill,
+        )  # fmt: skip
+
+    return apply
+
+
+def _enhance(adjust: str):
+    """A PIL-style enhancement whose factor is 1 + magnitude (magnitude 0 leaves the image as is)."""
+    return lambda image, magnitude, interpolation, fill: getattr(_tv(), adjust)(image, 1.0 + magnitude)
+
+
+def _unary(function: str, magnitude_type=None):
+    if magnitude_type is None:
+        return lambda image, magnitude, interpolation, fill: getattr(_tv(), function)(image)
+    return lambda image, magnitude, interpolation, fill: getattr(_tv(), function)(
+        image, magnitude_type(magnitude)
+    )
+
+
+@dataclass(frozen=True)
+class _RandAugmentOp:
+    apply: Any  # (image, magnitude, interpolation, fill) -> image
+    table: Any = None  # (bins, (height, width)) -> magnitude per bin; None: the op takes no magnitude
+    signed: bool = False  # a coin flip negates the magnitude
+
+
+_RAND_AUGMENT = {
+    "Identity": _RandAugmentOp(lambda image, magnitude, interpolation, fill: image),
+    "ShearX": _RandAugmentOp(_shear(0), _linear(0.3), signed=True),
+    "ShearY": _RandAugmentOp(_shear(1), _linear(0.3), signed=True),
+    "TranslateX": _RandAugmentOp(_translate(0), _linear(150.0 / 331.0, side=1), signed=True),
+    "TranslateY": _RandAugmentOp(_translate(1), _linear(150.0 / 331.0, side=0), signed=True),
+    "Rotate": _RandAugmentOp(
+        lambda image, magnitude, interpolation, fill: _tv().rotate(
+            image, magnitude, interpolation=interpolation, fill=fill
+        ),
+        _linear(30.0),
+        signed=True,
+    ),
+    "Brightness": _RandAugmentOp(_enhance("adjust_brightness"), _linear(0.9), signed=True),
+    "Color": _RandAugmentOp(_enhance("adjust_saturation"), _linear(0.9), signed=True),
+    "Contrast": _RandAugmentOp(_enhance("adjust_contrast"), _linear(0.9), signed=True),
+    "Sharpness": _RandAugmentOp(_enhance("adjust_sharpness"), _linear(0.9), signed=True),
+    "Posterize": _RandAugmentOp(_unary("posterize", int), _posterize_bits),
+    "Solarize": _RandAugmentOp(_unary("solarize", float), _solarize_thresholds),
+    "AutoContrast": _RandAugmentOp(_unary("autocontrast")),
+    "Equalize": _RandAugmentOp(_unary("equalize")),
+}
+# Stored op id = position in this tuple: the table's order, which is torchvision's RandAugment op
+# order and Apple's RandAugment.op_names (tested).
+RAND_AUGMENT_OPS = tuple(_RAND_AUGMENT)
+
+
+def rand_augment_magnitude(op: str, bin_index: int, bins: int, hw: tuple[int, int]) -> tuple[float, bool]:
+    """(unsigned magnitude of `op` at `bin_index` of `bins`, whether its sign is random)."""
+    spec = _RAND_AUGMENT[op]
+    if spec.table is None:
+        return 0.0, spec.signed
+    return float(spec.table(bins, hw)[bin_index].item()), spec.signed
 
 
 def apply_rand_augment_op(image, op: str, magnitude: float, interpolation, fill=None):
-    """One RandAugment op with a given magnitude (the semantics of torchvision's RandAugment)."""
-    from torchvision.transforms import functional as F
-
-    if op == "ShearX":
-        shear = [math.degrees(math.atan(magnitude)), 0.0]
-        return F.affine(image, 0.0, [0, 0], 1.0, shear, interpolation=interpolation, fill=fill, center=[0, 0])
-    if op == "ShearY":
-        shear = [0.0, math.degrees(math.atan(magnitude))]
-        return F.affine(image, 0.0, [0, 0], 1.0, shear, interpolation=interpolation, fill=fill, center=[0, 0])
-    if op == "TranslateX":
-        return F.affine(
-            image, 0.0, [int(magnitude), 0], 1.0, [0.0, 0.0], interpolation=interpolation, fill=fill
-        )
-    if op == "TranslateY":
-        return F.affine(
-            image, 0.0, [0, int(magnitude)], 1.0, [0.0, 0.0], interpolation=interpolation, fill=fill
-        )
-    if op == "Rotate":
-        return F.rotate(image, magnitude, interpolation=interpolation, fill=fill)
-    if op == "Brightness":
-        return F.adjust_brightness(image, 1.0 + magnitude)
-    if op == "Color":
-        return F.adjust_saturation(image, 1.0 + magnitude)
-    if op == "Contrast":
-        return F.adjust_contrast(image, 1.0 + magnitude)
-    if op == "Sharpness":
-        return F.adjust_sharpness(image, 1.0 + magnitude)
-    if op == "Posterize":
-        return F.posterize(image, int(magnitude))
-    if op == "Solarize":
-        return F.solarize(image, magnitude)
-    if op == "AutoContrast":
-        return F.autocontrast(image)
-    if op == "Equalize":
-        return F.equalize(image)
-    if op == "Identity":
-        return image
-    raise ValueError(f"unknown RandAugment op {op!r}; known: {RAND_AUGMENT_OPS}")
+    """One RandAugment op with a given (signed) magnitude on a PIL image or an image tensor."""
+    if op not in _RAND_AUGMENT:
+        raise ValueError(f"unknown RandAugment op {op!r}; known: {RAND_AUGMENT_OPS}")
+    return _RAND_AUGMENT[op].apply(image, magnitude, interpolation, fill)
 
 
 class RandAugment(_Step):
@@ -408,8 +454,9 @@ class RandAugment(_Step):
         ops = []
         for _ in range(self.num_ops):
             op = RAND_AUGMENT_OPS[_randint(0, len(RAND_AUGMENT_OPS), generator)]
-            table, signed = _rand_augment_magnitudes(op, self.num_magnitude_bins, height, width)
-            magnitude = float(table[self.magnitude].item()) if table.ndim > 0 else 0.0
+            magnitude, signed = rand_augment_magnitude(
+                op, self.magnitude, self.num_magnitude_bins, (height, width)
+            )
             if signed and _randint(0, 2, generator):
                 magnitude *= -1.0
             ops.append((op, magnitude))
