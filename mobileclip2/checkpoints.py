@@ -1,14 +1,19 @@
-"""Reading checkpoints safely and explaining why one does not fit a model.
+"""Reading checkpoints safely, writing them atomically, and explaining why one does not fit a model.
 
 Pure helpers over state_dicts (no open_clip internals): format detection by sentinel keys,
-a safe reader that never unpickles code, and a mismatch summary short enough to read.
+a safe reader that never unpickles code, an atomic writer that never leaves a half-written file
+under a final name, and a mismatch summary short enough to read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -111,3 +116,69 @@ def summarize_mismatch(
         "checkpoints with `mobileclip2 convert`."
     )
     return " ".join(parts)
+
+
+# Test hook for the kill tests: seconds to wait after the temporary file is complete and before it
+# is renamed into place (announced on stderr), so a test can kill the process at that moment.
+PAUSE_BEFORE_REPLACE_ENV = "MOBILECLIP2_PAUSE_BEFORE_REPLACE"
+_PARTIAL = ".partial-"
+
+
+def _partial_name(dst: Path, pid: int) -> Path:
+    return dst.with_name(f".{dst.name}{_PARTIAL}{pid}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_partials(dst: str | os.PathLike) -> list[Path]:
+    """Delete temporary files that killed writers of ``dst`` left behind (their pid is gone)."""
+    dst = Path(dst)
+    removed = []
+    for partial in dst.parent.glob(f".{dst.name}{_PARTIAL}*"):
+        pid = partial.name.rsplit(_PARTIAL, 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            partial.unlink(missing_ok=True)
+            removed.append(partial)
+    return removed
+
+
+def default_file_mode() -> int:
+    """0o666 minus the process umask: the mode `open()` would give a new file (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_output(dst: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``dst``; when the block succeeds, move it to ``dst`` in one step.
+
+    Why: a process killed mid-write (or a writer that raises) must never leave a partial file under
+    the final name. The temporary file is hidden and named after the writer's pid, so a later
+    writer removes it once that process is gone. Parent folders are created; the result gets the
+    mode an ordinary new file gets (writers such as safetensors' create 0600 files).
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(dst)
+    partial = _partial_name(dst, os.getpid())
+    try:
+        yield partial
+        os.chmod(partial, default_file_mode())
+        with open(partial, "rb") as handle:
+            os.fsync(handle.fileno())
+        pause = float(os.environ.get(PAUSE_BEFORE_REPLACE_ENV) or 0)
+        if pause > 0:
+            print(f"mobileclip2: complete, not yet renamed: {partial}", file=sys.stderr, flush=True)
+            time.sleep(pause)
+        os.replace(partial, dst)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -397,10 +397,16 @@ def check_output_name(dst: str | os.PathLike) -> str:
 
 
 def save_safetensors(state_dict: Mapping[str, torch.Tensor], dst: str | os.PathLike) -> None:
-    """Write ``state_dict`` for open_clip, which picks its reader by the file suffix."""
+    """Write ``state_dict`` for open_clip, which picks its reader by the file suffix.
+
+    Atomic (checkpoints.atomic_output): a killed or failed write leaves no file under ``dst``.
+    """
     from safetensors.torch import save_file
 
-    save_file({key: value.contiguous() for key, value in state_dict.items()}, check_output_name(dst))
+    from .checkpoints import atomic_output
+
+    with atomic_output(check_output_name(dst)) as partial:
+        save_file({key: value.contiguous() for key, value in state_dict.items()}, os.fspath(partial))
 
 
 def convert_checkpoint(
