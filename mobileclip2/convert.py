@@ -327,7 +327,7 @@ def _check_fits(model_name: str, conversion: V1Conversion | None, state_dict: di
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
-        summary = summarize_mismatch(model.state_dict(), state_dict, source=source)
+        summary = summarize_mismatch(model.state_dict(), state_dict, source=source, model_name=model_name)
         if conversion is not None:
             leftovers = sorted(conversion.source_of[k] for k in set(state_dict) - set(model.state_dict()))
             if leftovers:

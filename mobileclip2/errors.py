@@ -108,3 +108,7 @@ class CheckpointMismatchError(MobileCLIP2Error, RuntimeError):
 
 class GenerationUnavailableError(MobileCLIP2Error, RuntimeError):
     """A text-generation mode the installed libraries cannot provide (e.g. CoCa beam search)."""
+
+
+class DependencyVersionError(MobileCLIP2Error, RuntimeError):
+    """An installed library version this package knows to fail; the message says what to install."""
