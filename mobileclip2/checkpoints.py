@@ -193,7 +193,7 @@ def registered_models_fitting(state: Mapping[str, torch.Tensor]) -> list[str]:
     Only models whose config agrees with the text-tower sizes read from ``state`` are built, on
     the meta device (no memory, no init cost beyond module construction), once per process.
     """
-    if not state:
+    if "logit_scale" not in state:  # every CLIP/CoCa model has one: a partial or foreign state fits none
         return []
     try:
         from open_clip import factory
