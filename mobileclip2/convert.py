@@ -327,7 +327,7 @@ def _check_fits(model_name: str, conversion: V1Conversion | None, state_dict: di
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
-        summary = summarize_mismatch(model.state_dict(), state_dict, source=source)
+        summary = summarize_mismatch(model.state_dict(), state_dict, source=source, model_name=model_name)
         if conversion is not None:
             leftovers = sorted(conversion.source_of[k] for k in set(state_dict) - set(model.state_dict()))
             if leftovers:
@@ -397,10 +397,16 @@ def check_output_name(dst: str | os.PathLike) -> str:
 
 
 def save_safetensors(state_dict: Mapping[str, torch.Tensor], dst: str | os.PathLike) -> None:
-    """Write ``state_dict`` for open_clip, which picks its reader by the file suffix."""
+    """Write ``state_dict`` for open_clip, which picks its reader by the file suffix.
+
+    Atomic (checkpoints.atomic_output): a killed or failed write leaves no file under ``dst``.
+    """
     from safetensors.torch import save_file
 
-    save_file({key: value.contiguous() for key, value in state_dict.items()}, check_output_name(dst))
+    from .checkpoints import atomic_output
+
+    with atomic_output(check_output_name(dst)) as partial:
+        save_file({key: value.contiguous() for key, value in state_dict.items()}, os.fspath(partial))
 
 
 def convert_checkpoint(

@@ -121,5 +121,13 @@ class DRDataError(MobileCLIP2Error, ValueError):
     """The shards cannot feed the requested training mode; the message says what is missing."""
 
 
+class CropMismatchError(DRDataError):
+    """A stored crop box does not fit the decoded image: the image changed after reinforcement."""
+
+
 class TeacherError(MobileCLIP2Error, ValueError):
     """Teachers that cannot be used as asked; the message says why."""
+
+
+class DependencyVersionError(MobileCLIP2Error, RuntimeError):
+    """An installed library version this package knows to fail; the message says what to install."""

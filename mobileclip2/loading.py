@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 __all__ = [
     "LoadedModel",
+    "check_device",
     "ensure_weights_available",
     "hub_endpoint",
     "hub_reachable",
@@ -130,14 +131,47 @@ class LoadedModel:
     preprocess_source: str = ""
 
 
-def load_for_inference(model_name: str, pretrained: str | None, timeout: float = 3.0) -> LoadedModel:
-    """open_clip.create_model_and_transforms(..., pretrained) after the fast checks above, in eval mode."""
+def check_device(device: str) -> str:
+    """Refuse a device this machine cannot run on, before any model is built.
+
+    torch accepts 'cuda:3' on a machine with one GPU until the first tensor moves; the error it
+    then raises says nothing about the flag that caused it.
+    """
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"{device!r} is not a device name ({error}); use 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        ) from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: no CUDA GPU is available here; use 'cpu'")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(
+                f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+            )
+    if parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: Apple MPS is not available here; use 'cpu'")
+    return device
+
+
+def load_for_inference(
+    model_name: str, pretrained: str | None, timeout: float = 3.0, device: str = "cpu"
+) -> LoadedModel:
+    """open_clip.create_model_and_transforms(..., pretrained) after the fast checks above, in eval
+    mode on ``device`` (checked first, see check_device)."""
     import open_clip
 
+    check_device(device)
     ensure_weights_available(model_name, pretrained, timeout=timeout)
     if pretrained and _is_local_file(pretrained):
         pretrained = os.path.expanduser(pretrained)
-    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        model_name, pretrained=pretrained, device=device
+    )
     model.eval()
     cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     return LoadedModel(

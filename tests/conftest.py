@@ -1,17 +1,15 @@
-"""Shared pytest setup: make tests/ importable, seed torch, and free each module's temp files."""
+"""Shared pytest setup: seed torch and free each module's temp files.
+
+Helper modules (tests/support/, tools/) are importable by plain name through pytest's `pythonpath`
+setting in pyproject.toml.
+"""
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-
-TESTS_DIR = Path(__file__).resolve().parent
-if str(TESTS_DIR) not in sys.path:
-    sys.path.insert(0, str(TESTS_DIR))
-
-from temp_dirs import SESSION_DIR_PREFIX  # noqa: E402
+from temp_dirs import SESSION_DIR_PREFIX
 
 
 @pytest.fixture(autouse=True)

@@ -49,15 +49,17 @@ def test_autoload_can_be_switched_off():
     }
 
 
-def test_interpreter_start_stays_cheap_and_torch_free():
+def test_interpreter_start_runs_the_hook_and_stays_torch_free():
+    """The .pth hook runs at every start and imports neither torch nor open_clip. How long it takes
+    is measured by benchmarks/startup.py (no wall-clock assertions in tests)."""
     proc = _python(
         ["-X", "importtime", "-c", "import sys; print('torch' in sys.modules, 'open_clip' in sys.modules)"]
     )
     assert proc.stdout.strip() == "False False"
     ours = [line for line in proc.stderr.splitlines() if re.search(r"\|\s+mobileclip2", line)]
     assert ours, "the .pth hook did not run"
-    cumulative_us = max(int(line.split("|")[1]) for line in ours)
-    assert cumulative_us < 5000, ours
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert not {name for name in imported if name.split(".")[0] in ("torch", "numpy", "open_clip", "timm")}
 
 
 def test_timm_alone_gets_backbones_through_its_own_group():

@@ -9,7 +9,6 @@ timm 0.9.16 in a subprocess and compare against references saved here.
 from __future__ import annotations
 
 import json
-import math
 from functools import partial
 from typing import NamedTuple
 
@@ -19,6 +18,7 @@ import torch
 from compat_env import OLDEST_PAIR, REPO_ROOT, ensure_pair, run_python
 from safetensors.torch import save_file
 from scripts.backbone_parity_old_timm import CFG_FIELDS
+from seeded_weights import seed_model_
 from timm.utils import reparameterize_model
 
 from mobileclip2.models import mci, vit_mci
@@ -62,33 +62,8 @@ def _open_clip_kwargs(name: str) -> dict:
 
 
 def _randomize_(model: torch.nn.Module, seed: int = 0) -> None:
-    """Seeded O(1) values for every float tensor, so that every branch shows in the output.
-
-    timm's init leaves layer scales at 1e-5 and BatchNorm at identity: a wrong mixer or attention block
-    would then move the output by about 1e-5, below the tolerance. Here layer scales are 0.02-0.1, BN
-    statistics are non-trivial and weights keep activations O(1) through the depth of mci4.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    new = {}
-    for key, t in model.state_dict().items():
-        if not t.is_floating_point():  # BatchNorm's num_batches_tracked
-            new[key] = torch.zeros_like(t)
-            continue
-        normal = torch.randn(t.shape, generator=gen)
-        uniform = torch.rand(t.shape, generator=gen)
-        if key.endswith("running_var"):
-            new[key] = 0.5 + uniform
-        elif key.endswith("running_mean"):
-            new[key] = 0.1 * normal
-        elif key.endswith("gamma"):
-            new[key] = 0.02 + 0.08 * uniform
-        elif t.ndim == 1:
-            new[key] = (1.0 if key.endswith("weight") else 0.0) + 0.05 * normal
-        elif key.endswith("weight"):
-            new[key] = normal / math.sqrt(t[0].numel())
-        else:  # position embedding, class token
-            new[key] = 0.02 * normal
-    model.load_state_dict(new, strict=True)
+    """Seeded O(1) values for every float tensor (tools/seeded_weights.py says why)."""
+    seed_model_(model, seed)
 
 
 def _build_uninitialised(build, **kwargs) -> torch.nn.Module:

@@ -275,3 +275,163 @@ def test_captioner_adds_synthetic_captions(ws, teachers, tmp_path):
         emb = decode_embeddings(raw)
         assert emb["syn_text_coca_emb"].dtype == torch.bfloat16 and emb["syn_text_coca_emb"].shape == (2, 80)
         assert isinstance(emb["image_emb"], torch.Tensor) and not isinstance(emb["image_emb"], np.ndarray)
+
+
+# -- wrong data is never trained on silently (issue 11 §3) --------------------------------------
+
+
+def _resized_jpg(data: bytes, factor: float) -> bytes:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    size = (max(1, int(image.width * factor)), max(1, int(image.height * factor)))
+    buffer = io.BytesIO()
+    image.resize(size).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def damaged_shard(ws, tmp_path_factory):
+    """One DR shard of 12 samples: 6 good, 1 shrunk and 1 enlarged after reinforcement, 1 without
+    caption, 1 with a truncated npz, 1 with a 64-wide image_emb, 1 without its syn.json."""
+    from mobileclip2.train.reinforce import write_shard
+
+    samples = read_shard(ws["dr"][0]) + read_shard(ws["dr"][1])
+    samples = [dict(s) for s in samples[:12]]
+    image_key = next(k for k in ("jpg", "png", "jpeg", "webp") if k in samples[6])
+    samples[6][image_key] = _resized_jpg(samples[6][image_key], 1 / 8)
+    samples[7][image_key] = _resized_jpg(samples[7][image_key], 4)
+    del samples[8]["txt"]
+    samples[9]["npz"] = samples[9]["npz"][:40]
+    wide = dict(decode_embeddings(samples[10]))
+    wide["image_emb"] = np.zeros((wide["image_emb"].shape[0], 64), np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, **wide)
+    samples[10]["npz"] = buffer.getvalue()
+    del samples[11]["syn.json"]
+    keys = {
+        name: samples[i]["__key__"]
+        for i, name in enumerate(["ok"] * 6 + ["small", "large", "no_txt", "npz", "wide", "no_syn"])
+    }
+    path = tmp_path_factory.mktemp("damaged") / "damaged-000.tar"
+    write_shard(path, [{k: v for k, v in s.items() if k != "__url__"} for s in samples])
+    return str(path), keys
+
+
+def _stage_output(ws, shard, tally, tokenizer, min_image_size=None):
+    from open_clip_train.data import SharedEpoch, tarfile_to_samples_nothrow
+
+    from mobileclip2.train.data import _prepare_stage
+
+    raws = tarfile_to_samples_nothrow([{"url": shard}])
+    return list(
+        _prepare_stage(
+            raws, _student_augmentation(ws), tokenizer, DRSampling(), SharedEpoch(0), min_image_size, tally
+        )
+    )
+
+
+def test_skips_are_counted_by_reason_with_the_sample_and_shard(ws, damaged_shard, tokenizer):
+    from mobileclip2.train.data import SKIP_CROP, SKIP_INCOMPLETE, SKIP_SMALL, SkipTally
+
+    shard, keys = damaged_shard
+    tally = SkipTally()
+    prepared = _stage_output(ws, shard, tally, tokenizer)
+    counts = tally.take()
+    assert counts["seen"] == 12 and len(prepared) == 7  # the wide sample is prepared, collate refuses it
+    skipped = counts["skipped"]
+    assert skipped[SKIP_CROP] == 2 and skipped[SKIP_INCOMPLETE] == 1 and sum(skipped.values()) == 5
+    assert keys["small"] in counts["examples"][SKIP_CROP] and shard in counts["examples"][SKIP_CROP]
+    assert keys["no_txt"] in counts["examples"][SKIP_INCOMPLETE]
+    assert any(keys["npz"] in example for example in counts["examples"].values())
+    assert any(keys["no_syn"] in example and "syn_text" in example for example in counts["examples"].values())
+    assert tally.take()["seen"] == 0  # take() resets
+
+    filtered = SkipTally()
+    _stage_output(ws, shard, filtered, tokenizer, min_image_size=10_000)
+    assert filtered.take()["skipped"][SKIP_SMALL] == 10  # all but the caption-less and the unreadable one
+
+
+def test_stored_crop_box_is_checked_against_the_decoded_image(ws):
+    from mobileclip2.train.data import CropMismatchError, check_stored_crop
+
+    augmentation = _student_augmentation(ws)
+    params = {"random_resized_crop": [10, 20, 30, 40]}
+    check_stored_crop(augmentation, params, (40, 60))
+    with pytest.raises(CropMismatchError, match="reaches outside the decoded 39x60 image"):
+        check_stored_crop(augmentation, params, (39, 60))
+    with pytest.raises(CropMismatchError, match="larger than when it was reinforced"):
+        check_stored_crop(augmentation, params, (400, 600))
+
+
+def test_collate_names_the_shard_and_key_of_a_sample_that_does_not_fit(ws, damaged_shard, tokenizer):
+    from mobileclip2.train.data import SkipTally, collate
+
+    shard, keys = damaged_shard
+    prepared = _stage_output(ws, shard, SkipTally(), tokenizer)
+    wide = next(p for p in prepared if p["__key__"] == keys["wide"])
+    with pytest.raises(DRDataError) as error:
+        collate([prepared[0], wide])
+    message = str(error.value)
+    assert keys["wide"] in message and shard in message and "width 64" in message and "width 80" in message
+    no_syn = dict(prepared[0], syn_text=None, __key__="k-no-syn")
+    with pytest.raises(DRDataError, match="'k-no-syn' of shard .* lacks a synthetic caption"):
+        collate([prepared[1], no_syn])
+
+
+def test_monitor_stops_a_run_once_too_many_samples_were_skipped():
+    from mobileclip2.train.data import SKIP_CROP, SKIP_SMALL, SKIPS_KEY, SkipMonitor
+
+    def batch(seen, skipped):
+        return (
+            None,
+            None,
+            {SKIPS_KEY: {"seen": seen, "skipped": skipped, "examples": {SKIP_CROP: "sample 'k7'"}}},
+        )
+
+    fine = [batch(400, {SKIP_SMALL: 300, SKIP_CROP: 3}) for _ in range(3)]  # filtering does not count
+    monitor = SkipMonitor(fine, max_fraction=0.01)
+    assert len(list(monitor)) == 3 and monitor.last_epoch["skipped"][SKIP_CROP] == 9
+    bad = [batch(400, {SKIP_CROP: 20}) for _ in range(5)]
+    consumed = []
+    with pytest.raises(DRDataError) as error:
+        for item in SkipMonitor(bad, max_fraction=0.01):
+            consumed.append(item)
+    assert len(consumed) == 2  # stopped by the running check (1000 samples), not at the epoch's end
+    message = str(error.value)
+    assert (
+        "60 of 1200 samples read (5.0%)" in message
+        and "--dataset-reinforcement-max-skip-fraction 0.01" in message
+    )
+    assert "sample 'k7'" in message and "mobileclip2 reinforce" in message
+
+
+def test_loader_logs_each_epochs_skips_and_judges_them(ws, damaged_shard, tokenizer, caplog, monkeypatch):
+    import logging
+
+    from mobileclip2.train import data
+
+    # Read in shard order, so the skips (samples 6-9) reach the training process with the 7th batch.
+    monkeypatch.setattr(data, "SAMPLE_SHUFFLE_SIZE", 1)
+    monkeypatch.setattr(data, "SAMPLE_SHUFFLE_INITIAL", 1)
+    shard, _ = damaged_shard
+    augmentation, sampling = _student_augmentation(ws), DRSampling()
+
+    def loader(max_fraction):
+        args = _args(
+            ws,
+            train_data=shard,
+            train_num_samples=7,
+            batch_size=1,
+            dataset_reinforcement_max_skip_fraction=max_fraction,
+        )
+        return build_dr_dataloader(args, augmentation, sampling, tokenizer).dataloader
+
+    with caplog.at_level(logging.INFO):
+        assert len(list(loader(1.0))) == 7
+    assert "DR data, epoch 0: 11 samples read, 4 skipped: 2 stored crop box" in caplog.text
+    with pytest.raises(
+        DRDataError,
+        match=r"4 of 11 samples read \(36.4%\) were skipped, more than --dataset-reinforcement-max-skip-fraction 0.05",
+    ):
+        list(loader(0.05))

@@ -4,10 +4,10 @@
     python tools/matrix.py --pairs 2.24.0:0.9.16 3.3.0:1.0.31 --models MobileCLIP2-S0
 
 Each pair is installed once with `pip install --no-deps --target .cache/compat/...` beside the
-one shared torch (tests/compat_env.py). References come from this interpreter's open_clip/timm
+one shared torch (tools/compat_env.py). References come from this interpreter's open_clip/timm
 (the newest pair); each pair then builds every name through its own factory, loading the
 reference weights through the name's pretrained tag from an offline Hub cache, and is compared
-with the reference (tests/equivalence_support.py). Pairs whose open_clip declares a timm
+with the reference (tools/equivalence_support.py). Pairs whose open_clip declares a timm
 requirement the timm version violates are the pairs pip itself refuses; they are listed, not run.
 """
 
@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))
 
+# Siblings in tools/ (the script's own directory is first on sys.path when run as a file).
 from compat_env import ensure_pair  # noqa: E402
 from equivalence_support import build_reference_bundle, default_cases, problems, run_worker  # noqa: E402
 

@@ -152,26 +152,21 @@ def format_results(results: list[Ranked], top: int = 5) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mobileclip2.errors import MobileCLIP2Error
+    """Errors propagate to mobileclip2.cli.main, which prints them (one handler for every command)."""
+    labels = read_labels(args.labels, args.labels_file)
+    images = check_images(args.images)
+    prompts(labels, args.template)
+    from mobileclip2.loading import load_for_inference
 
-    try:
-        labels = read_labels(args.labels, args.labels_file)
-        images = check_images(args.images)
-        prompts(labels, args.template)
-        from mobileclip2.loading import load_for_inference
+    loaded = load_for_inference(args.model, args.pretrained)
+    model = loaded.model
+    if not args.no_optimize:
+        from mobileclip2.inference import optimize
 
-        loaded = load_for_inference(args.model, args.pretrained)
-        model = loaded.model
-        if not args.no_optimize:
-            from mobileclip2.inference import optimize
-
-            model = optimize(model, inplace=True)
-        results = classify_images(
-            model, loaded.preprocess, loaded.tokenizer, images, labels, args.template, args.batch_size
-        )
-    except (MobileCLIP2Error, FileNotFoundError, ValueError) as error:
-        print(f"mobileclip2 classify: error: {error}", file=sys.stderr)
-        return 1
+        model = optimize(model, inplace=True)
+    results = classify_images(
+        model, loaded.preprocess, loaded.tokenizer, images, labels, args.template, args.batch_size
+    )
     if args.json:
         print(
             json.dumps(

@@ -171,6 +171,10 @@ def _wrap_download_pretrained(original: Callable) -> Callable:
 
 
 def _wrap_load_state_dict(original: Callable) -> Callable:
+    from .safe_load import safe_load_state_dict
+
+    original = safe_load_state_dict(original)  # open_clip <= 2.26: no torch.load without weights_only
+
     def load_state_dict(checkpoint_path, *args, **kwargs):
         if not os.path.isfile(checkpoint_path):
             raise FileNotFoundError(f"checkpoint file not found: {checkpoint_path!r}")

@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Skip images smaller than this (px) on their short side.",
     )
     group.add_argument(
+        "--dataset-reinforcement-max-skip-fraction",
+        type=float,
+        default=0.01,
+        help="Stop with an error once more than this fraction of the samples read had to be skipped "
+        "(undecodable, incomplete, crop boxes that do not fit the image); size filtering does not count. "
+        "Each epoch's skips are summarized in the log.",
+    )
+    group.add_argument(
         "--distill-loss-weights",
         type=float,
         nargs="+",
@@ -130,6 +138,11 @@ def validate(args: argparse.Namespace) -> None:
             raise TrainArgsError("--dataset-reinforcement needs --train-data (the reinforced shards)")
         if not 0.0 <= args.dataset_reinforcement_mix_synthetic_ratio <= 1.0:
             raise TrainArgsError("--dataset-reinforcement-mix-synthetic-ratio must be in [0, 1]")
+        if not 0.0 <= args.dataset_reinforcement_max_skip_fraction <= 1.0:
+            raise TrainArgsError(
+                f"--dataset-reinforcement-max-skip-fraction must be in [0, 1] (a fraction of the samples read), "
+                f"got {args.dataset_reinforcement_max_skip_fraction:g}"
+            )
     if len(args.distill_loss_weights) != 2:
         raise TrainArgsError(
             f"--distill-loss-weights takes two numbers [contrastive, distill], got {args.distill_loss_weights}"

@@ -26,6 +26,13 @@ fresh augmentation from the config, as Apple's patch does, and needs no stored e
 
 Shard listing, shuffling, node/worker splitting, resampling and epoch sizing reuse
 open_clip_train.data's own pieces, so DR data is sharded exactly like open_clip_train's webdataset.
+
+Wrong data is never trained on silently: every skipped sample is counted by reason (in the
+loader workers, carried to the training process inside each batch's payload), each epoch ends
+with a summary in the log, and training stops with DRDataError once more than
+``--dataset-reinforcement-max-skip-fraction`` of the samples were skipped. Stored crop boxes are
+checked against the decoded image (an image resized after reinforcement is a skip, not a mostly
+black crop), and batch assembly names the shard and sample key of a sample that does not fit.
 """
 
 from __future__ import annotations
@@ -37,22 +44,26 @@ import logging
 import math
 import random
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import DRDataError
+from ..errors import CropMismatchError, DRDataError
 from .augment import Augmentation, decode_image
 
 __all__ = [
     "DRDataError",
     "DRSampling",
     "ShardLayout",
+    "SkipMonitor",
+    "SkipTally",
     "build_dr_dataloader",
+    "check_stored_crop",
     "inspect_shards",
     "prepare_sample",
 ]
@@ -63,6 +74,15 @@ EMBEDDING_KEYS = ("npz", "pth.gz")  # npz first: Apple prefers the fp32 copy whe
 # open_clip_train.data's shuffle buffers (module constants there, not public API).
 SHARD_SHUFFLE_SIZE, SHARD_SHUFFLE_INITIAL = 2000, 500
 SAMPLE_SHUFFLE_SIZE, SAMPLE_SHUFFLE_INITIAL = 5000, 1000
+
+
+# Why a sample is skipped (keys of the per-epoch summary). Filtering by size is what the user
+# asked for, so it is reported but does not count toward --dataset-reinforcement-max-skip-fraction.
+SKIP_INCOMPLETE = "no image or no caption"
+SKIP_SMALL = "image smaller than --dataset-reinforcement-filter-image-size (filtered on purpose)"
+SKIP_CROP = "stored crop box does not fit the decoded image (image resized after reinforcement?)"
+INTENDED_SKIPS = frozenset({SKIP_SMALL})
+DEFAULT_MAX_SKIP_FRACTION = 0.01
 
 
 @dataclass(frozen=True)
@@ -129,6 +149,7 @@ def decode_sample(raw: Mapping[str, Any], online: bool) -> dict[str, Any]:
     image_key = _image_key(raw)
     sample = {
         "__key__": raw.get("__key__"),
+        "__url__": raw.get("__url__"),
         "image": decode_image(raw[image_key]),
         "texts": [raw["txt"].decode("utf-8") if isinstance(raw["txt"], bytes) else raw["txt"]],
         "syn": _json(raw["syn.json"]) if "syn.json" in raw else {},
@@ -137,6 +158,54 @@ def decode_sample(raw: Mapping[str, Any], online: bool) -> dict[str, Any]:
         sample["params"] = augmentation_params(_json(raw["paug.json"]))
         sample["emb"] = decode_embeddings(raw)
     return sample
+
+
+def sample_location(sample: Mapping[str, Any]) -> str:
+    """'sample KEY of shard URL', for messages about one sample."""
+    where = f"sample {sample.get('__key__')!r}"
+    return where + (f" of shard {sample['__url__']!r}" if sample.get("__url__") else "")
+
+
+def check_stored_crop(
+    augmentation: Augmentation, params: Mapping[str, Any], image_hw: tuple[int, int]
+) -> None:
+    """Raise CropMismatchError when the stored crop of the first geometric step cannot have been
+    sampled from an image of ``image_hw`` = (height, width).
+
+    The box is in the pixels of the image the shard was reinforced from. Replayed on a smaller
+    image it reaches past the border (torchvision pads with black); on a larger one it covers
+    less than ``scale[0]`` of the area random_resized_crop can sample. Boxes of steps after a
+    resize or another crop are in other coordinates and are not checked.
+    """
+    height, width = image_hw
+    for step in augmentation.steps:
+        if step.name in ("resize", "center_crop"):
+            return
+        box = params.get(step.name)
+        if step.name == "random_crop":
+            if box is None or getattr(step, "padding", None) or getattr(step, "pad_if_needed", False):
+                return
+            top, left = (int(v) for v in box)
+            box = [top, left, *step.size]
+        elif step.name != "random_resized_crop" or box is None:
+            continue
+        top, left, crop_h, crop_w = (int(v) for v in box)
+        if top < 0 or left < 0 or top + crop_h > height or left + crop_w > width:
+            raise CropMismatchError(
+                f"stored {step.name} box [top {top}, left {left}, height {crop_h}, width {crop_w}] reaches outside "
+                f"the decoded {height}x{width} image"
+            )
+        scale = getattr(step, "scale", None)
+        if (
+            step.name == "random_resized_crop"
+            and scale
+            and (crop_h + 1) * (crop_w + 1) < scale[0] * height * width
+        ):
+            raise CropMismatchError(
+                f"stored random_resized_crop box {crop_h}x{crop_w} covers less than the minimum scale {scale[0]} "
+                f"of the decoded {height}x{width} image: the image is larger than when it was reinforced"
+            )
+        return
 
 
 def _pick(count: int, sequential: bool, epoch: int, rng: random.Random) -> int:
@@ -172,12 +241,17 @@ def prepare_sample(
     else:
         stored = sample["params"]
         aug_index = _pick(len(stored), sampling.sample_sequential, epoch, rng)
-        image = augmentation.replay(sample["image"], augmentation.decompress(stored[aug_index]))
+        params = augmentation.decompress(stored[aug_index])
+        width, height = sample["image"].size
+        check_stored_crop(augmentation, params, (height, width))
+        image = augmentation.replay(sample["image"], params)
 
     texts = sample["texts"]
     caption_index = _pick(len(texts), sampling.sample_sequential, epoch, rng)
     text = texts[caption_index]
-    out = {"image": image, "syn_text": None, "teacher": None}
+    out = {"image": image, "syn_text": None, "teacher": None, "__key__": sample.get("__key__")}
+    if sample.get("__url__"):
+        out["__url__"] = sample["__url__"]
     if not sampling.online:
         emb = sample["emb"]
         image_emb = _row(emb["image_emb"], aug_index)
@@ -214,8 +288,35 @@ def prepare_sample(
     return out
 
 
+def _check_batch_fits(samples: list[dict[str, Any]]) -> None:
+    """Raise DRDataError naming the shard and key of the first sample unlike the batch's first one
+    (a missing synthetic caption or teacher embedding, another embedding width)."""
+    first = samples[0]
+    has_syn, has_teacher = first["syn_text"] is not None, first["teacher"] is not None
+    widths = [None if e is None else int(e.shape[-1]) for e in first["teacher"]] if has_teacher else []
+    names = ("image_emb", "text_emb", "synthetic-caption emb")
+    for sample in samples[1:]:
+        where = sample_location(sample)
+        if (sample["syn_text"] is not None) != has_syn:
+            raise DRDataError(
+                f"{where} {'lacks' if has_syn else 'has'} a synthetic caption, unlike {sample_location(first)} "
+                "in the same batch; check its syn.json against --dataset-reinforcement-syn-text-key-regex"
+            )
+        if (sample["teacher"] is not None) != has_teacher:
+            raise DRDataError(f"{where} lacks stored teacher embeddings, unlike the rest of its batch")
+        for name, width, emb in zip(names, widths, sample["teacher"] or ()):
+            if (emb is None) != (width is None) or (emb is not None and int(emb.shape[-1]) != width):
+                got = "none" if emb is None else f"width {int(emb.shape[-1])}"
+                raise DRDataError(
+                    f"{where}: stored {name} has {got}, but {sample_location(first)} has width {width}; "
+                    "every sample needs the same teachers' embeddings (regenerate the shard with "
+                    "`mobileclip2 reinforce`, or leave it out of --train-data)"
+                )
+
+
 def collate(samples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Prepared samples -> (images, texts, payload). ``texts`` = real captions then synthetic ones."""
+    _check_batch_fits(samples)
     images = torch.stack([s["image"] for s in samples])
     texts = torch.stack([s["text"] for s in samples])
     has_syn = samples[0]["syn_text"] is not None
@@ -232,16 +333,122 @@ def collate(samples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, 
     return images, texts, payload
 
 
-def batches(samples: Iterable[dict[str, Any]], batch_size: int, partial_batches: bool) -> Iterator[tuple]:
-    """A webdataset stage: group prepared samples into collated batches."""
+def batches(
+    samples: Iterable[dict[str, Any]], batch_size: int, partial_batches: bool, tally: SkipTally | None = None
+) -> Iterator[tuple]:
+    """A webdataset stage: group prepared samples into collated batches. With ``tally``, each
+    batch's payload carries the skip counts since the previous batch (key SKIPS_KEY)."""
     bucket = []
     for sample in samples:
         bucket.append(sample)
         if len(bucket) == batch_size:
-            yield collate(bucket)
+            yield _with_skips(collate(bucket), tally)
             bucket = []
     if bucket and partial_batches:
-        yield collate(bucket)
+        yield _with_skips(collate(bucket), tally)
+
+
+def _with_skips(batch: tuple, tally: SkipTally | None) -> tuple:
+    if tally is not None:
+        batch[2][SKIPS_KEY] = tally.take()
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Skip accounting: counted where samples are read (loader workers), judged where training runs.
+# ---------------------------------------------------------------------------------------------
+
+SKIPS_KEY = "dr_skips"
+
+
+@dataclass
+class SkipTally:
+    """Samples read and skipped (by reason, with the first example of each) since the last take()."""
+
+    seen: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+
+    def read(self) -> None:
+        self.seen += 1
+
+    def skip(self, reason: str, raw: Mapping[str, Any], detail: str = "") -> None:
+        if reason not in self.examples:
+            example = sample_location(raw) + (f": {detail}" if detail else "")
+            self.examples[reason] = example
+            logging.warning(f"DR data: skipping {example} ({reason}); later skips are counted, not logged")
+        self.skipped[reason] += 1
+
+    def take(self) -> dict[str, Any]:
+        """Counts since the previous take (a plain dict, cheap to send between processes); resets."""
+        counts = {"seen": self.seen, "skipped": dict(self.skipped), "examples": dict(self.examples)}
+        self.seen, self.skipped = 0, Counter()
+        return counts
+
+
+def _skip_reason(error: Exception) -> str:
+    if isinstance(error, CropMismatchError):
+        return SKIP_CROP
+    return f"cannot be decoded or prepared ({type(error).__name__})"
+
+
+class SkipMonitor:
+    """Wraps the DR loader in the training process: sums the skip counts the workers send with
+    each batch, logs a summary at the end of every epoch, and raises DRDataError once more than
+    ``max_fraction`` of the samples read were skipped for reasons other than filtering.
+
+    The running check waits for ``ceil(10 / max_fraction)`` samples so that one early bad sample
+    does not stop a run; the end-of-epoch check always applies.
+    """
+
+    def __init__(self, loader: Iterable, max_fraction: float, epoch_of=None):
+        self.loader = loader
+        self.max_fraction = max_fraction
+        self.epoch_of = epoch_of or (lambda: None)
+        self.num_batches = getattr(loader, "num_batches", None)
+        self.num_samples = getattr(loader, "num_samples", None)
+        self.last_epoch: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple]:
+        totals = {"seen": 0, "skipped": Counter(), "examples": {}}
+        min_seen = 1 if self.max_fraction <= 0 else math.ceil(10 / self.max_fraction)
+        for batch in self.loader:
+            counts = batch[2].pop(SKIPS_KEY, None) if len(batch) > 2 else None
+            if counts:
+                totals["seen"] += counts["seen"]
+                totals["skipped"].update(counts["skipped"])
+                for reason, example in counts["examples"].items():
+                    totals["examples"].setdefault(reason, example)
+                if totals["seen"] >= min_seen:
+                    self.check(totals)
+            yield batch
+        self.last_epoch = totals
+        logging.info(self.summary(totals))
+        self.check(totals)
+
+    def summary(self, totals: Mapping[str, Any]) -> str:
+        epoch = self.epoch_of()
+        head = f"DR data{'' if epoch is None else f', epoch {epoch}'}: {totals['seen']} samples read"
+        if not totals["skipped"]:
+            return head + ", none skipped"
+        parts = [
+            f"{count} {reason} (e.g. {totals['examples'].get(reason, '?')})"
+            for reason, count in totals["skipped"].most_common()
+        ]
+        return f"{head}, {sum(totals['skipped'].values())} skipped: " + "; ".join(parts)
+
+    def check(self, totals: Mapping[str, Any]) -> None:
+        bad = sum(count for reason, count in totals["skipped"].items() if reason not in INTENDED_SKIPS)
+        if totals["seen"] and bad / totals["seen"] > self.max_fraction:
+            raise DRDataError(
+                f"{bad} of {totals['seen']} samples read ({bad / totals['seen']:.1%}) were skipped, more than "
+                f"--dataset-reinforcement-max-skip-fraction {self.max_fraction:g}. {self.summary(totals)}. "
+                "Fix or leave out the shards named above (regenerate them with `mobileclip2 reinforce` from the "
+                "images as they are now), or raise --dataset-reinforcement-max-skip-fraction if these skips are expected."
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,20 +542,24 @@ def inspect_shards(
 # ---------------------------------------------------------------------------------------------
 
 
-def _prepare_stage(samples, augmentation, tokenizer, sampling, shared_epoch, min_image_size, handler):
+def _prepare_stage(samples, augmentation, tokenizer, sampling, shared_epoch, min_image_size, tally):
+    """Decode and prepare each raw sample; count every sample read and every skip in ``tally``."""
     epoch_value = shared_epoch.get_value()
     for raw in samples:
+        tally.read()
+        if _image_key(raw) is None or "txt" not in raw:
+            tally.skip(SKIP_INCOMPLETE, raw, f"has {sorted(k for k in raw if not k.startswith('__'))}")
+            continue
         try:
-            if _image_key(raw) is None or "txt" not in raw:
-                continue
             sample = decode_sample(raw, sampling.online)
             if min_image_size is not None and min(sample["image"].size) < min_image_size:
+                tally.skip(SKIP_SMALL, raw)
                 continue
-            yield prepare_sample(sample, augmentation, tokenizer, sampling, epoch=epoch_value)
-        except Exception as error:  # noqa: BLE001 - same policy as open_clip_train: log and skip the sample
-            if handler(error):
-                continue
-            raise
+            prepared = prepare_sample(sample, augmentation, tokenizer, sampling, epoch=epoch_value)
+        except Exception as error:  # noqa: BLE001 - counted and judged by SkipMonitor, never silent
+            tally.skip(_skip_reason(error), raw, f"{type(error).__name__}: {error}")
+            continue
+        yield prepared
 
 
 def build_dr_dataloader(args, augmentation: Augmentation, sampling: DRSampling, tokenizer, epoch: int = 0):
@@ -362,7 +573,6 @@ def build_dr_dataloader(args, augmentation: Augmentation, sampling: DRSampling, 
         detshuffle2,
         expand_urls,
         get_dataset_size,
-        log_and_continue,
         tarfile_to_samples_nothrow,
     )
 
@@ -376,6 +586,7 @@ def build_dr_dataloader(args, augmentation: Augmentation, sampling: DRSampling, 
         if not num_samples:
             raise DRDataError("the number of training samples is unknown; pass --train-num-samples")
     shared_epoch = SharedEpoch(epoch=epoch)
+    tally = SkipTally()  # one per pipeline copy: each loader worker counts its own samples
     if resampled:
         pipeline = [
             ResampledShards2(
@@ -401,9 +612,9 @@ def build_dr_dataloader(args, augmentation: Augmentation, sampling: DRSampling, 
             sampling=sampling,
             shared_epoch=shared_epoch,
             min_image_size=getattr(args, "dataset_reinforcement_filter_image_size", None),
-            handler=log_and_continue,
+            tally=tally,
         ),
-        partial(batches, batch_size=args.batch_size, partial_batches=False),
+        partial(batches, batch_size=args.batch_size, partial_batches=False, tally=tally),
     ]
     dataset = wds.DataPipeline(*pipeline)
     if not resampled:
@@ -425,5 +636,7 @@ def build_dr_dataloader(args, augmentation: Augmentation, sampling: DRSampling, 
     )
     loader.num_batches = num_batches
     loader.num_samples = num_samples
+    max_fraction = getattr(args, "dataset_reinforcement_max_skip_fraction", DEFAULT_MAX_SKIP_FRACTION)
     logging.info(f"DR data: {num_samples} samples per epoch in {num_batches} batches from {shards}")
-    return DataInfo(dataloader=loader, shared_epoch=shared_epoch)
+    monitored = SkipMonitor(loader, max_fraction, epoch_of=shared_epoch.get_value)
+    return DataInfo(dataloader=monitored, shared_epoch=shared_epoch)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MobileCLIP2Error
+from . import check_webdataset
 from .args import (
     TrainArgsError,
     build_parser,
@@ -260,9 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         build_parser().print_help()
         print("\nAll other flags are open_clip_train's:\n")
-    import open_clip  # noqa: F401 - registers the MobileCLIP names through the plugin entry point
-
     from .. import compat
+    from ..plugin import register
+
+    register()  # also with MOBILECLIP2_AUTOLOAD=0 / python -S, where no startup hook ran
 
     session = Session()
     hooks = {
@@ -271,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "create_loss": session.wrap_create_loss,
     }
     try:
+        check_webdataset()
         with compat.open_clip_train_hooks(hooks) as train_main:
             result = train_main.main(argv)
     except MobileCLIP2Error as error:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[1]  # tools/ -> repository root
 CACHE_ROOT = Path(os.environ.get("MOBILECLIP2_COMPAT_CACHE", REPO_ROOT / ".cache" / "compat"))
 
 

@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import open_clip
 import torch
+from seeded_weights import seed_model_
 from torch import nn
 
 
-@torch.no_grad()
 def randomize_inference_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics/affines and layer scales, as a trained model has."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.weight.copy_(1 + torch.randn(n, generator=generator) * 0.1)
-            module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
-    for name, param in model.named_parameters():
-        if name.endswith("gamma"):
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    return model.eval()
+    """Non-trivial BatchNorm statistics/affines and layer scales, as a trained model has; the
+    model's own weight matrices are kept (tools/seeded_weights.py, weights=False)."""
+    return seed_model_(model, seed, weights=False)
 
 
 def reference_model(name: str) -> nn.Module:
