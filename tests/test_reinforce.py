@@ -35,6 +35,7 @@ from mobileclip2.reinforce.manifest import ManifestError
 from mobileclip2.reinforce.storage import shard_name
 from mobileclip2.train.data import decode_embeddings
 from mobileclip2.train.reinforce import ReinforceOptions, read_shard, reinforce
+from mobileclip2.train.teachers import TeacherEnsemble
 
 NAMES = [f"{index:05d}.tar" for index in range(4)]
 
@@ -128,7 +129,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_killed_run_resumes_to_the_same_output_without_redoing_finished_shards(ws, reference):
+def test_killed_run_resumes_to_the_same_output_without_redoing_finished_shards(ws, reference, monkeypatch):
     output = ws["root"] / "killed"
     args = _args(ws, brace(ws["plain"]), str(output))
     proc = subprocess.run(
@@ -155,6 +156,14 @@ def test_killed_run_resumes_to_the_same_output_without_redoing_finished_shards(w
     assert _shards(output) == reference
     assert sorted(json.loads((output / "manifest.json").read_text())["last_run"]["written"]) == NAMES
 
+    # Nothing left to do: no teacher is loaded.
+    def no_loading(*args, **kwargs):
+        raise AssertionError("teachers loaded although every shard is finished")
+
+    monkeypatch.setattr(TeacherEnsemble, "load", no_loading)
+    assert cli(["reinforce", *args]) == 0
+    assert json.loads((output / "manifest.json").read_text())["last_run"]["resumed"] == NAMES
+
 
 def test_memory_urls_end_to_end(ws, reference):
     import fsspec
@@ -163,7 +172,8 @@ def test_memory_urls_end_to_end(ws, reference):
     try:
         for path in ws["plain"]:
             memory.pipe(f"/dr-in/{Path(path).name}", Path(path).read_bytes())
-        args = _args(ws, "memory://dr-in/{00000..00003}.tar", "memory://dr-out")
+        # One DataLoader worker process decodes and augments: the same bytes as in-process.
+        args = _args(ws, "memory://dr-in/{00000..00003}.tar", "memory://dr-out", "--workers", "1")
         assert cli(["reinforce", *args]) == 0
         assert {name: memory.cat(f"/dr-out/{name}") for name in NAMES} == reference
         assert json.loads(memory.cat("/dr-out/config.json"))["teacher_dimension"] == [32, 48]

@@ -611,26 +611,27 @@ def reinforce(
     record = config_record(specs, options)
     record["request"]["precision"] = precision
 
-    def check_and_start() -> Plan:
+    def check_and_start() -> tuple[Plan, bool]:
         plan = plan_run(sources, output, record["request"], options.overwrite)
         _prepare_output(output, record, options.overwrite)
-        return plan
+        return plan, "reinforce" in (output.read_json(CONFIG) or {})
 
-    plan = _on_rank0(check_and_start)
-    if not isinstance(teachers, TeacherEnsemble):
-        teachers = TeacherEnsemble.load(specs, device=device)
-    teachers = teachers.to(device=device, dtype=dtype)
-    config = augmentation_config(options.augmentation, teachers)
-    augmentation = unit_range_augmentation(config)
-    captioner = None
-    if options.captioner:
-        captioner = Captioner(options.captioner, options.captioner_pretrained, device, dtype)
-    if rank == 0:
-        full = config_record(specs, options, config, teachers)
-        full["request"]["precision"] = precision
-        output.write_json(CONFIG, full)
-
+    plan, config_complete = _on_rank0(check_and_start)
     mine = plan.share(rank, world)
+    if plan.pending or not config_complete:  # else all done: no teacher to load
+        if not isinstance(teachers, TeacherEnsemble):
+            teachers = TeacherEnsemble.load(specs, device=device)
+        teachers = teachers.to(device=device, dtype=dtype)
+        config = augmentation_config(options.augmentation, teachers)
+        augmentation = unit_range_augmentation(config)
+        captioner = None
+        if options.captioner and mine:
+            captioner = Captioner(options.captioner, options.captioner_pretrained, device, dtype)
+        if rank == 0:
+            full = config_record(specs, options, config, teachers)
+            full["request"]["precision"] = precision
+            output.write_json(CONFIG, full)
+
     bar = _progress(options, rank, len(mine))
     records, images, busy = [], 0, 0.0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reinforce-read") as reader:
