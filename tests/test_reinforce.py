@@ -266,3 +266,15 @@ def test_undecodable_samples_are_skipped_with_their_keys(ws, tmp_path):
     with tarfile.open(tmp_path / "out" / "00000.tar") as tar:
         assert {name.split(".")[0] for name in tar.getnames()} == {good[0]["__key__"]}
     assert os.stat(tmp_path / "out" / "00000.tar").st_mode & 0o777 == 0o644
+
+
+def test_an_unreadable_shard_is_a_clear_error(ws, tmp_path):
+    from mobileclip2.reinforce.storage import StorageError
+
+    broken = tmp_path / "in" / "00000.tar"
+    broken.parent.mkdir()
+    broken.write_bytes(Path(ws["plain"][0]).read_bytes()[:700])  # cut inside the first member
+    specs = [(ws["models"]["teacher_a"], None), (ws["models"]["teacher_b"], None)]
+    with pytest.raises(StorageError, match=r"00000.tar is not a readable tar file.*rerun"):
+        reinforce([str(broken)], tmp_path / "out", specs, ReinforceOptions(num_augmentations=1))
+    assert not (tmp_path / "out" / "00000.tar").exists()

@@ -161,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         import torch.distributed as dist
 
         rank = dist.get_rank() if dist.is_initialized() else 0
+        prefix = f"[rank {rank}] " if dist.is_initialized() else ""
         options = ReinforceOptions(
             num_augmentations=args.num_augmentations,
             augmentation=_load_aug_config(args.aug_config),
@@ -179,7 +180,9 @@ def run(args: argparse.Namespace) -> int:
             progress=sys.stderr.isatty() if args.progress is None else args.progress,
         )
         specs = parse_teacher_specs(args.teachers, args.teachers_pretrained)
-        report = reinforce(args.shards, args.output, specs, options, log=lambda line: print(line, flush=True))
+        report = reinforce(
+            args.shards, args.output, specs, options, log=lambda line: print(prefix + line, flush=True)
+        )
     except (MobileCLIP2Error, ValueError, OSError) as error:
         print(f"mobileclip2 reinforce: error: {error}", file=sys.stderr, flush=True)
         return 1

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import re
+import tarfile
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -120,8 +121,14 @@ class ReinforceReport:
 
 def read_shard(path: str | Path) -> list[dict[str, Any]]:
     """All samples of a shard (path, URL or ``pipe:``), in order (members of a sample adjacent)."""
-    with storage.open_input(str(path)) as stream:
-        return storage.read_samples(stream)
+    try:
+        with storage.open_input(str(path)) as stream:
+            return storage.read_samples(stream)
+    except tarfile.TarError as error:
+        raise storage.StorageError(
+            f"input shard {path} is not a readable tar file ({error}); fix or remove it and rerun "
+            "(finished shards are kept)"
+        ) from error
 
 
 def write_shard(path: str | Path, samples: Iterable[Mapping[str, Any]]) -> None:
