@@ -611,6 +611,8 @@ def reinforce(
     started = time.perf_counter()
     rank, world = _world()
     device, dtype = resolve_device(options.device, options.precision)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # pinned memory and kernels on this rank's GPU, not on GPU 0
     precision = next(name for name, value in PRECISIONS.items() if value == dtype)
     specs = _teacher_specs(teachers)
     sources = storage.expand_inputs(str(source) for source in inputs)
