@@ -108,3 +108,12 @@ class CheckpointMismatchError(MobileCLIP2Error, RuntimeError):
 
 class GenerationUnavailableError(MobileCLIP2Error, RuntimeError):
     """A text-generation mode the installed libraries cannot provide (e.g. CoCa beam search)."""
+
+
+class ReinforceOutputError(MobileCLIP2Error, ValueError):
+    """`mobileclip2 reinforce` must not write into an output folder as asked (clashing shard names,
+    foreign files, a config.json from different arguments); the message says what to do."""
+
+
+class ShardStorageError(MobileCLIP2Error, OSError):
+    """A shard that cannot be read or written (missing input, failing pipe: command, not a tar file)."""

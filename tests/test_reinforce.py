@@ -31,7 +31,7 @@ from train_support import (
 )
 
 from mobileclip2.cli import main as cli
-from mobileclip2.reinforce.manifest import ManifestError
+from mobileclip2.errors import ReinforceOutputError
 from mobileclip2.reinforce.storage import shard_name
 from mobileclip2.train.data import decode_embeddings
 from mobileclip2.train.reinforce import ReinforceOptions, read_shard, reinforce
@@ -221,7 +221,7 @@ def test_inputs_with_one_output_name_are_refused_before_teachers_load(ws, tmp_pa
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "000.tar").write_bytes((Path(ws["plain"][0])).read_bytes())
     inputs = [str(tmp_path / "a" / "000.tar"), str(tmp_path / "b" / "000.tar")]
-    with pytest.raises(ManifestError, match=r"both be written as '000.tar'.*different --output"):
+    with pytest.raises(ReinforceOutputError, match=r"both be written as '000.tar'.*different --output"):
         reinforce(inputs, tmp_path / "out", MISSING_TEACHER, ReinforceOptions())
     assert not (tmp_path / "out" / "config.json").exists()
 
@@ -230,18 +230,18 @@ def test_foreign_outputs_and_changed_arguments_are_refused(ws, tmp_path):
     output = tmp_path / "out"
     output.mkdir()
     (output / "00000.tar").write_bytes(b"not ours")
-    with pytest.raises(ManifestError, match="without a reinforce config.json.*--overwrite"):
+    with pytest.raises(ReinforceOutputError, match="without a reinforce config.json.*--overwrite"):
         reinforce(ws["plain"][:1], output, MISSING_TEACHER, ReinforceOptions())
     assert (output / "00000.tar").read_bytes() == b"not ours"
 
     fresh = tmp_path / "fresh"
     with pytest.raises(Exception) as failed:  # the missing teacher fails to load, after config.json
         reinforce(ws["plain"][:1], fresh, MISSING_TEACHER, ReinforceOptions(num_augmentations=3))
-    assert not isinstance(failed.value, ManifestError)
+    assert not isinstance(failed.value, ReinforceOutputError)
     config = json.loads((fresh / "config.json").read_text())
     assert config["request"]["num_augmentations"] == 3 and "status" in config
     assert sorted(p.name for p in fresh.iterdir()) == ["config.json"]  # nothing half-written
-    with pytest.raises(ManifestError, match=r"different arguments \(num_augmentations: 3 -> 4\)"):
+    with pytest.raises(ReinforceOutputError, match=r"different arguments \(num_augmentations: 3 -> 4\)"):
         reinforce(ws["plain"][:1], fresh, MISSING_TEACHER, ReinforceOptions(num_augmentations=4))
 
 
@@ -269,12 +269,12 @@ def test_undecodable_samples_are_skipped_with_their_keys(ws, tmp_path):
 
 
 def test_an_unreadable_shard_is_a_clear_error(ws, tmp_path):
-    from mobileclip2.reinforce.storage import StorageError
+    from mobileclip2.errors import ShardStorageError
 
     broken = tmp_path / "in" / "00000.tar"
     broken.parent.mkdir()
     broken.write_bytes(Path(ws["plain"][0]).read_bytes()[:700])  # cut inside the first member
     specs = [(ws["models"]["teacher_a"], None), (ws["models"]["teacher_b"], None)]
-    with pytest.raises(StorageError, match=r"00000.tar is not a readable tar file.*rerun"):
+    with pytest.raises(ShardStorageError, match=r"00000.tar is not a readable tar file.*rerun"):
         reinforce([str(broken)], tmp_path / "out", specs, ReinforceOptions(num_augmentations=1))
     assert not (tmp_path / "out" / "00000.tar").exists()

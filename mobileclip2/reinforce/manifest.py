@@ -19,18 +19,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import MobileCLIP2Error
+from ..errors import ReinforceOutputError
 from .storage import Output, shard_name
 
-__all__ = ["ManifestError", "Plan", "plan_run", "record_name"]
+__all__ = ["Plan", "plan_run", "record_name"]
 
 CONFIG = "config.json"
 MANIFEST = "manifest.json"
 RECORDS = "manifest"
-
-
-class ManifestError(MobileCLIP2Error, ValueError):
-    """An output folder that this run must not write into as asked; the message says what to do."""
 
 
 def record_name(shard: str) -> str:
@@ -60,13 +56,13 @@ def output_names(sources: Sequence[str]) -> list[str]:
     for source in sources:
         name = shard_name(source)
         if name in seen:
-            raise ManifestError(
+            raise ReinforceOutputError(
                 f"inputs {seen[name]!r} and {source!r} would both be written as {name!r} in the output; "
                 "each output shard keeps its input's file name, so reinforce inputs with equal names into "
                 "different --output folders (or rename them)"
             )
         if name in {CONFIG, MANIFEST} or not name.endswith(".tar"):
-            raise ManifestError(f"input {source!r} must be a .tar shard (output name {name!r})")
+            raise ReinforceOutputError(f"input {source!r} must be a .tar shard (output name {name!r})")
         seen[name] = source
     return list(seen)
 
@@ -86,19 +82,21 @@ def plan_run(sources: Sequence[str], output: Output, request: Mapping[str, Any],
     """
     sources = list(sources)
     if not sources:
-        raise ManifestError("no input shards given")
+        raise ReinforceOutputError("no input shards given")
     names = output_names(sources)
     plan = Plan(sources, names)
     for source, name in zip(sources, names):
         if output.local and _same_file(source, output.path(name)):
-            raise ManifestError(f"output shard {output.display(name)} would overwrite its input {source}")
+            raise ReinforceOutputError(
+                f"output shard {output.display(name)} would overwrite its input {source}"
+            )
     if overwrite:
         return plan
     existing = output.read_json(CONFIG)
     if existing is None:
         present = [name for name in names if output.exists(name)]
         if present:
-            raise ManifestError(
+            raise ReinforceOutputError(
                 f"{len(present)} output shards already exist in {output.url} without a reinforce config.json "
                 f"(e.g. {present[0]!r}); they were not made by `mobileclip2 reinforce`, so nothing can be resumed. "
                 "Choose another --output or pass --overwrite to replace them"
@@ -109,7 +107,7 @@ def plan_run(sources: Sequence[str], output: Output, request: Mapping[str, Any],
         changes = (
             _differences(old_request or {}, request) if isinstance(old_request, dict) else ["(no request)"]
         )
-        raise ManifestError(
+        raise ReinforceOutputError(
             f"{output.display(CONFIG)} was written by a reinforce run with different arguments ("
             + "; ".join(changes[:6])
             + "). Rerun with the same arguments to resume, choose another --output, or pass --overwrite to "
@@ -120,7 +118,7 @@ def plan_run(sources: Sequence[str], output: Output, request: Mapping[str, Any],
         if record is None:
             continue
         if record.get("input") != source:
-            raise ManifestError(
+            raise ReinforceOutputError(
                 f"output shard {name!r} was made from {record.get('input')!r}, this run reads it from {source!r}; "
                 "use the same inputs to resume, or --overwrite"
             )

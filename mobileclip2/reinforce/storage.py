@@ -22,16 +22,12 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any
 
-from ..errors import MobileCLIP2Error
+from ..errors import ShardStorageError
 
-__all__ = ["Output", "StorageError", "expand_inputs", "open_input", "read_samples", "shard_name"]
+__all__ = ["expand_inputs", "open_input", "read_samples", "shard_name"]
 
 PIPE = "pipe:"
 PARTIAL = ".partial"
-
-
-class StorageError(MobileCLIP2Error, OSError):
-    """An input that cannot be read or an output that cannot be written; the message says which."""
 
 
 def expand_inputs(patterns: Iterable[str]) -> list[str]:
@@ -50,7 +46,7 @@ def shard_name(source: str) -> str:
         target = source.split("://", 1)[-1]
     name = target.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     if not name or name in {".", ".."}:
-        raise StorageError(
+        raise ShardStorageError(
             f"cannot tell a shard file name from input {source!r}; name shards like 'dir/000.tar'"
         )
     return name
@@ -68,7 +64,7 @@ def open_input(source: str) -> Iterator[IO[bytes]]:
             process.stdout.close()
             code = process.wait()
         if code != 0:
-            raise StorageError(f"input command {source!r} exited with status {code}")
+            raise ShardStorageError(f"input command {source!r} exited with status {code}")
         return
     import fsspec
 
@@ -76,7 +72,7 @@ def open_input(source: str) -> Iterator[IO[bytes]]:
         with fsspec.open(source, "rb") as stream:
             yield stream
     except FileNotFoundError as error:
-        raise StorageError(f"input shard {source!r} does not exist ({error})") from error
+        raise ShardStorageError(f"input shard {source!r} does not exist ({error})") from error
 
 
 def _split_member(name: str) -> tuple[str, str] | None:
@@ -161,7 +157,7 @@ class Output:
         try:
             return json.loads(text)
         except json.JSONDecodeError as error:
-            raise StorageError(
+            raise ShardStorageError(
                 f"{self.display(name)} is not valid JSON ({error}); delete it or use --overwrite"
             ) from error
 

@@ -125,7 +125,7 @@ def read_shard(path: str | Path) -> list[dict[str, Any]]:
         with storage.open_input(str(path)) as stream:
             return storage.read_samples(stream)
     except tarfile.TarError as error:
-        raise storage.StorageError(
+        raise storage.ShardStorageError(
             f"input shard {path} is not a readable tar file ({error}); fix or remove it and rerun "
             "(finished shards are kept)"
         ) from error
