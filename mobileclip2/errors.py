@@ -131,3 +131,12 @@ class TeacherError(MobileCLIP2Error, ValueError):
 
 class DependencyVersionError(MobileCLIP2Error, RuntimeError):
     """An installed library version this package knows to fail; the message says what to install."""
+
+
+class ReinforceOutputError(MobileCLIP2Error, ValueError):
+    """`mobileclip2 reinforce` must not write into an output folder as asked (clashing shard names,
+    foreign files, a config.json from different arguments); the message says what to do."""
+
+
+class ShardStorageError(MobileCLIP2Error, OSError):
+    """A shard that cannot be read or written (missing input, failing pipe: command, not a tar file)."""

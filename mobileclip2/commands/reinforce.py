@@ -7,7 +7,12 @@ Example (Apple's MobileCLIP2 teachers; DataCompDR used 30 augmentations per imag
         --teachers-pretrained N/A,N/A --num-augmentations 10 \\
         --captioner coca_ViT-L-14 --captioner-pretrained mscoco_finetuned_laion2B-s13B-b90k
 
-then train with ``python -m mobileclip2.train --dataset-reinforcement
+Many GPUs / nodes (every rank takes its share of the shards; same flags):
+
+    torchrun --nproc-per-node 8 --nnodes 2 ... -m mobileclip2.reinforce 's3://bucket/data/{00000..09999}.tar' \\
+        --output s3://bucket/data-dr ...
+
+A rerun with the same arguments resumes (finished shards are kept); then train with ``python -m mobileclip2.train --dataset-reinforcement
 --dataset-reinforcement-config data-dr/config.json --train-data 'data-dr/{00000..00099}.tar' ...``.
 """
 
@@ -20,10 +25,15 @@ HELP = "Add teacher embeddings, augmentation parameters and synthetic captions t
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "shards", nargs="+", help="input .tar shards (local; brace patterns like 'd/{000..009}.tar' expand)"
+        "shards",
+        nargs="+",
+        help="input .tar shards: paths, brace patterns ('d/{000..009}.tar'), 'pipe:CMD' or fsspec URLs "
+        "(s3://, gs://, hf://, file://, ...)",
     )
     parser.add_argument(
-        "--output", required=True, help="output directory (same shard names, plus config.json)"
+        "--output",
+        required=True,
+        help="output folder, path or fsspec URL (same shard names, plus config.json and the manifest)",
     )
     parser.add_argument(
         "--teachers", required=True, help="comma list of open_clip CLIP models (hf-hub:/local-dir: allowed)"
@@ -55,13 +65,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--syn-text-key-regex", default=r"^syn_text.*$", help="syn.json keys to embed (default ^syn_text.*$)"
     )
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="images per teacher batch (default 32)")
     parser.add_argument(
         "--bfloat16", action="store_true", help="store embeddings as bfloat16 pth.gz instead of float32 npz"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output shards")
+    parser.add_argument(
+        "--device", default="auto", help="auto (default: this rank's GPU if any, else cpu), cuda, cpu, ..."
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="teachers' and captioner's dtype (default auto: bf16 on GPU, fp32 on CPU)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader processes decoding and augmenting per rank (default: 0 on CPU, "
+        "min(8, CPU cores / local ranks) on GPU)",
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="per-rank progress bars (default: when stderr is a terminal)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo every shard and replace config.json (default: resume a run with the same arguments)",
+    )
+    parser.add_argument(
+        "--dist-timeout-hours",
+        type=float,
+        default=72.0,
+        help="under torchrun: how long a rank may wait for the others (default 72)",
+    )
 
 
 def _load_aug_config(value: str | None):
@@ -80,20 +121,47 @@ def _load_aug_config(value: str | None):
     return config.get("reinforce", {}).get("image_augmentation", config)
 
 
+def _default_workers(device: str) -> int:
+    import os
+
+    import torch
+
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return 0  # the teachers use the cores
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, min(8, (os.cpu_count() or 1) // local))
+
+
+def _init_distributed(timeout_hours: float) -> bool:
+    """Under torchrun (WORLD_SIZE > 1): a gloo group for the few collectives reinforce needs
+    (start, end); tensors never travel, so gloo serves GPU runs too. -> whether this started one."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=timeout_hours))
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
-    import braceexpand
+    import sys
+
     import open_clip  # noqa: F401 - registers the MobileCLIP names
 
     from mobileclip2.errors import MobileCLIP2Error
-    from mobileclip2.train.reinforce import ReinforceOptions, reinforce
-    from mobileclip2.train.teachers import TeacherEnsemble, parse_teacher_specs
+    from mobileclip2.train.reinforce import ReinforceOptions, reinforce, summary_lines
+    from mobileclip2.train.teachers import parse_teacher_specs
 
-    shards = [path for pattern in args.shards for path in braceexpand.braceexpand(pattern)]
+    started = _init_distributed(args.dist_timeout_hours)
+    rank = 0
     try:
-        teachers = TeacherEnsemble.load(
-            parse_teacher_specs(args.teachers, args.teachers_pretrained), device=args.device
-        )
-        print(f"teachers: {teachers.describe()}", flush=True)
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        prefix = f"[rank {rank}] " if dist.is_initialized() else ""
         options = ReinforceOptions(
             num_augmentations=args.num_augmentations,
             augmentation=_load_aug_config(args.aug_config),
@@ -106,14 +174,32 @@ def run(args: argparse.Namespace) -> int:
             bfloat16=args.bfloat16,
             seed=args.seed,
             overwrite=args.overwrite,
+            device=args.device,
+            precision=args.precision,
+            num_workers=_default_workers(args.device) if args.workers is None else args.workers,
+            progress=sys.stderr.isatty() if args.progress is None else args.progress,
         )
-        report = reinforce(shards, args.output, teachers, options, log=lambda line: print(line, flush=True))
-    except (MobileCLIP2Error, ValueError, FileExistsError, FileNotFoundError) as error:
-        print(f"mobileclip2 reinforce: error: {error}")
+        specs = parse_teacher_specs(args.teachers, args.teachers_pretrained)
+        report = reinforce(
+            args.shards, args.output, specs, options, log=lambda line: print(prefix + line, flush=True)
+        )
+    except (MobileCLIP2Error, ValueError, OSError) as error:
+        print(f"mobileclip2 reinforce: error: {error}", file=sys.stderr, flush=True)
         return 1
-    skipped = ", ".join(f"{count} ({reason})" for reason, count in report.skipped.items()) or "none"
-    print(
-        f"{report.samples} samples in {len(report.shards)} shards, skipped: {skipped}, {report.seconds:.1f}s"
-    )
-    print(f"train with: --dataset-reinforcement --dataset-reinforcement-config {report.config_path}")
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank == 0:
+        for line in summary_lines(report):
+            print(line, flush=True)
+        print(f"train with: --dataset-reinforcement --dataset-reinforcement-config {report.config_path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mobileclip2.reinforce`` (and under torchrun): the same flags as ``mobileclip2 reinforce``."""
+    parser = argparse.ArgumentParser(prog="python -m mobileclip2.reinforce", description=HELP)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -163,7 +163,9 @@ class TeacherEnsemble(nn.Module):
         """[B, 3, H, W] images in [0, 1] -> [B, sum(dims)] concatenated normalized embeddings."""
         parts = []
         for member in self.members:
-            features = member.model.encode_image(member_input(images01, member))
+            # Resize/normalize in float32 (as training's replay), then the teacher's own dtype (bf16 on GPU).
+            dtype = next(member.model.parameters()).dtype
+            features = member.model.encode_image(member_input(images01.float(), member).to(dtype))
             parts.append(F.normalize(features.float(), dim=-1))
         return torch.cat(parts, dim=1)
 
