@@ -1,5 +1,6 @@
 """Checkpoint files read by open_clip never execute pickled code, whatever the versions.
 
+Versions handled: open_clip_torch 2.24.0 - 3.3.0 with torch 2.1 - 2.14 (checked on 2.24.0 and 3.3.0).
 open_clip 2.24.0 to at least 2.26.1 read every checkpoint (local files and Hub downloads alike) with
 ``torch.load(path, map_location=...)``: no ``weights_only``. Under torch < 2.6 that default is
 ``weights_only=False``, so a crafted ``.pt``/``.bin`` file runs code when loaded; those releases
