@@ -54,7 +54,7 @@ step inference-compile "$T_COMPILE" "$PY" benchmarks/inference.py --device cuda 
 if [ -n "$DRY" ]; then
     step train-step "$T_TRAIN" "$PY" benchmarks/train_step.py --device cuda --dry-run --output "$OUT/benchmarks.md"
 else
-    step train-step "$T_TRAIN" "$PY" benchmarks/train_step.py --device cuda --steps 3 --rounds 1 --output "$DOC"
+    step train-step "$T_TRAIN" "$PY" benchmarks/train_step.py --device cuda --steps 2 --rounds 1 --output "$DOC"
 fi
 if [ -f benchmarks/reinforce.py ]; then
     if [ -n "$DRY" ]; then

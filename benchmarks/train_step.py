@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     gpu = args.device == "cuda"
     if gpu and args.dry_run:
-        defaults = dict(batch_size=2, precision="amp_bf16", workers=1, clock="wall")
+        defaults = dict(batch_size=2, precision="fp32", workers=1, clock="wall")  # CPU autocast bf16 crawls
         args.teachers, args.teachers_pretrained, args.steps = "ViT-B-32", "N/A", min(args.steps, 2)
         if args.modes == "plain,dr,dr-syn,online":
             args.modes = "plain,dr,online"
