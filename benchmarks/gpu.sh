@@ -8,7 +8,7 @@
 #
 # Each step has its own time limit (`timeout`), so one slow step cannot eat the others' time, and
 # each writes its section of docs/benchmarks.md as soon as it has numbers (partial results survive).
-# Budget (s): eager inference 100, compiled inference 130, training 130, DR teachers 120 = 480.
+# Budget (s): eager inference 80, compiled inference 160, training 120, DR teachers 120 = 480.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/mobileclip2-gpu-out}"
@@ -31,7 +31,7 @@ else
     DRY=""
     INFER_EAGER=(--gpu-rounds 10)
     INFER_COMPILE=(--models MobileCLIP2-S0 MobileCLIP2-S4 --towers image --gpu-rounds 10)
-    T_EAGER=100 T_COMPILE=130 T_TRAIN=130 T_DR=120
+    T_EAGER=80 T_COMPILE=160 T_TRAIN=120 T_DR=120
     DOC_ARG=(--doc "$DOC")
 fi
 

@@ -11,10 +11,12 @@ it measured faster (docs/benchmarks.md holds the numbers and what was tried and 
    attention block's ``qkv``, and layer-scale vectors, go into the weights of the layer next to
    them. Exact in real arithmetic; in fp32 the outputs move by ~1e-7.
 3. **End causal text at the end-of-text token** (:func:`truncate_causal_text`): in a causal text
-   transformer pooled at the end-of-text token (open_clip's TextTransformer, MobileCLIP2), no
+   transformer pooled at the end-of-text token (open_clip's TextTransformer with its causal mask:
+   MobileCLIP-B, MobileCLIP2-B), no
    position attends to later ones, so the tokens after the last end-of-text token of a batch
    cannot change the embedding; they are not computed. A typical caption is 10-20 of the 77
-   tokens. Not applied to bidirectional towers (MobileCLIP-S0's MCt).
+   tokens. Not applied to bidirectional towers (``no_causal_mask``: MobileCLIP2-S0/S2/S3/S4/L-14;
+   MobileCLIP-S0's MCt).
 4. **CPU, fp32: oneDNN with prepacked weights** (:func:`use_onednn`): convs and linears call the
    oneDNN ops inductor emits for CPU with weights reordered once into oneDNN's blocked layout
    (chosen for the shapes a batch-1 probe sees), GELU fused into the layer before it, the text

@@ -122,8 +122,10 @@ def captions(batch_ends: list[int], context: int = 77) -> torch.Tensor:
 
 @pytest.mark.parametrize("onednn", [None, False])
 def test_causal_text_stops_at_the_end_of_text_token(onednn):
-    """The truncated text tower equals open_clip's full 77-token forward, rows of different lengths mixed."""
-    reference = reference_model("MobileCLIP2-S0")
+    """The truncated text tower equals open_clip's full 77-token forward, rows of different lengths mixed.
+
+    MobileCLIP2-B's text tower is causal (MobileCLIP2-S0/S4/L-14's are not: ``no_causal_mask``)."""
+    reference = reference_model("MobileCLIP2-B")
     optimized = optimize(reference, onednn=onednn)
     assert isinstance(optimized.text, _CausalPrefixText)
     text = captions([5, 40, 11])
@@ -137,9 +139,11 @@ def test_causal_text_stops_at_the_end_of_text_token(onednn):
     assert float(theirs.abs().max()) > 1e-1
 
 
-def test_bidirectional_text_tower_is_not_truncated():
-    """MCt (MobileCLIP-S0) attends both ways: every token counts, so its tower stays whole."""
-    optimized = optimize(reference_model("MobileCLIP-S0"), onednn=False)
+@pytest.mark.parametrize("name", ["MobileCLIP-S0", "MobileCLIP2-S0"])
+def test_bidirectional_text_tower_is_not_truncated(name):
+    """MCt (MobileCLIP-S0) and MobileCLIP2-S0's text transformer (no causal mask) attend both ways:
+    every token counts, so the tower stays whole."""
+    optimized = optimize(reference_model(name), onednn=False)
     assert not isinstance(optimized.text, _CausalPrefixText)
 
 
