@@ -29,6 +29,11 @@ Writes a section into docs/benchmarks.md (between markers, replacing an older on
 
     python benchmarks/train_step.py                       # defaults below (CPU, fp32)
     python benchmarks/train_step.py --teachers ViT-B-32,ViT-B-32 --steps 2   # quick look
+    python benchmarks/train_step.py --device cuda        # GPU: batch 128, amp_bf16, 8 workers, wall clock
+
+With ``--device cuda`` the section is the GPU one (its own markers): wall-clock step times,
+data-loading workers on, and the time each step waited for data (open_clip_train's
+``Data (t)``), from which the DR loader's samples/s per worker is derived.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- train_step:begin -->", "<!-- train_step:end -->"
+GPU_BEGIN, GPU_END = "<!-- train_step-gpu:begin -->", "<!-- train_step-gpu:end -->"
 WORDS = "red green blue square circle cat dog tree car sky stripes dots boat house hill".split()
 
 
@@ -95,6 +101,11 @@ def step_times(log: str) -> list[float]:
     return [float(v) for v in re.findall(r"Batch \(t\): ([0-9.]+)", log)]
 
 
+def data_times(log: str) -> list[float]:
+    """Seconds each step waited for its batch (open_clip_train's ``Data (t)``)."""
+    return [float(v) for v in re.findall(r"Data \(t\): ([0-9.]+)", log)]
+
+
 CPU_CLOCK_RUNNER = """
 import runpy, sys, time
 import open_clip_train.train as loop
@@ -115,8 +126,8 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 def run_mode(
     command: list[str], logs: Path, name: str, threads: int, clock: str
-) -> tuple[list[float], float]:
-    """Run one training command; -> (per-step times from its log, wall seconds of the whole run)."""
+) -> tuple[list[float], float, list[float]]:
+    """Run one training command; -> (per-step times, wall seconds of the whole run, per-step data waits)."""
     if clock == "cpu":
         module_index = command.index("-m")
         command = [command[0], "-c", CPU_CLOCK_RUNNER, *command[module_index + 1 :]]
@@ -130,21 +141,32 @@ def run_mode(
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-4000:]}")
-    return step_times((logs / name / "out.log").read_text()), wall
+    log = (logs / name / "out.log").read_text()
+    return step_times(log), wall, data_times(log)
 
 
-def render(args, results, reinforce_seconds, started, load_before, load_after) -> str:
-    from mobileclip2.benchmarking import cores, cpu_description, package_versions
+def render(args, results, reinforce_seconds, started, load_before, load_after, waits=None) -> str:
+    from _support import cores, cpu_description, gpu_description
 
+    from mobileclip2.benchmarking import package_versions
+
+    gpu = args.device == "cuda"
     plain = statistics.median(results["plain"])
+    device = (
+        f"GPU, {gpu_description()}, {args.workers} data workers"
+        if gpu
+        else f"CPU, {cpu_description()}, {cores()} cores visible"
+    )
     lines = [
-        BEGIN,
-        "## Training step time: DR vs plain CLIP vs online distillation",
+        GPU_BEGIN if gpu else BEGIN,
+        f"## Training step time on {'GPU' if gpu else 'CPU'}: DR vs plain CLIP vs online distillation",
         "",
-        f"Measured {started} with `benchmarks/train_step.py` (one run, modes back to back).",
+        f"Measured {started} with `benchmarks/train_step.py` (one run, modes back to back)"
+        + (" -- DRY RUN on CPU, not a measurement" if args.dry_run else "")
+        + ".",
         "",
-        f"- device: CPU, {cpu_description()}, {cores()} cores visible, OMP_NUM_THREADS={args.threads}; "
-        f"load average before/after: {load_before} / {load_after} (the machine is shared)",
+        f"- device: {device}, OMP_NUM_THREADS={args.threads}; "
+        f"load average before/after: {load_before} / {load_after}",
         "- clock: "
         + (
             "CPU seconds of the (single-threaded) training process per step, immune to the other jobs on the "
@@ -177,6 +199,18 @@ def render(args, results, reinforce_seconds, started, load_before, load_after) -
     for mode, times in results.items():
         median = statistics.median(times)
         lines.append(f"| {mode} | {what[mode]} | {median:.3f} | {len(times)} | {median / plain:.2f}x |")
+    if waits:
+        lines += ["", "Waiting for data (median s of each step, open_clip_train's `Data (t)`):"]
+        for mode, wait in waits.items():
+            if wait:
+                step = statistics.median(results[mode])
+                per_worker = args.batch_size / step / max(1, args.workers)
+                lines.append(
+                    f"- {mode}: {statistics.median(wait):.3f} s of a {step:.3f} s step; the loader delivered "
+                    f"{args.batch_size / step:.0f} samples/s, {per_worker:.0f} per worker"
+                    + (" (data-bound: the loader's own rate)" if statistics.median(wait) > 0.2 * step else
+                       " (not data-bound: a lower bound on the loader's rate)")
+                )  # fmt: skip
     dr = statistics.median(results["dr"])
     online = statistics.median(results["online"])
     lines += [
@@ -186,13 +220,17 @@ def render(args, results, reinforce_seconds, started, load_before, load_after) -
         "",
         "Raw step times (s): "
         + "; ".join(f"{m}: {', '.join(f'{t:.3f}' for t in ts)}" for m, ts in results.items()),
-        END,
+        GPU_END if gpu else END,
     ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="--device cuda settings, run on CPU with tiny sizes"
+    )
     parser.add_argument("--student", default="MobileCLIP2-S0")
     parser.add_argument(
         "--teachers",
@@ -200,13 +238,15 @@ def main(argv: list[str] | None = None) -> int:
         help="ensemble (Apple's MobileCLIP2 teachers are 2x ViT-L-14)",
     )
     parser.add_argument("--teachers-pretrained", default="N/A,N/A")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None, help="default 8 (CPU), 128 (cuda)")
     parser.add_argument("--steps", type=int, default=3, help="measured steps per mode")
     parser.add_argument("--warmup-steps", type=int, default=1)
     parser.add_argument("--num-augmentations", type=int, default=1)
-    parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="see the module docstring")
+    parser.add_argument("--precision", default=None, help="default fp32 (CPU), amp_bf16 (cuda)")
+    parser.add_argument("--workers", type=int, default=None, help="default 0 (CPU), 8 (cuda)")
+    parser.add_argument(
+        "--clock", choices=("cpu", "wall"), default=None, help="default cpu (CPU), wall (cuda)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="OMP threads per run (cpu clock: always 1)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all modes")
     parser.add_argument("--modes", default="plain,dr,dr-syn,online")
@@ -214,6 +254,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="keep data and logs here (default: a temp dir)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    gpu = args.device == "cuda"
+    if gpu and args.dry_run:
+        defaults = dict(batch_size=2, precision="fp32", workers=1, clock="wall")  # CPU autocast bf16 crawls
+        args.teachers, args.teachers_pretrained, args.steps = "ViT-B-32", "N/A", min(args.steps, 2)
+        if args.modes == "plain,dr,dr-syn,online":
+            args.modes = "plain,dr,online"
+    elif gpu:
+        defaults = dict(batch_size=128, precision="amp_bf16", workers=8, clock="wall")
+        if args.modes == "plain,dr,dr-syn,online":
+            args.modes = "plain,dr,online"
+    else:
+        defaults = dict(batch_size=8, precision="fp32", workers=0, clock="cpu")
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if gpu and not args.dry_run:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("--device cuda: torch sees no CUDA device (use --dry-run to check the script on CPU)")
+            return 2
     args.samples = args.batch_size * (args.steps + args.warmup_steps)
     if args.clock == "cpu" or args.threads is None:
         args.threads = 1 if args.clock == "cpu" else (os.cpu_count() or 1)
@@ -235,7 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     plain = make_plain_shards(work / "plain", args.samples, size)
     print(f"data: {args.samples} images in {work}", flush=True)
 
-    teachers = TeacherEnsemble.load(parse_teacher_specs(args.teachers, args.teachers_pretrained))
+    teacher_device = "cuda" if gpu and not args.dry_run else "cpu"
+    teachers = TeacherEnsemble.load(
+        parse_teacher_specs(args.teachers, args.teachers_pretrained), device=teacher_device
+    )
     t0 = time.perf_counter()
     options = ReinforceOptions(
         num_augmentations=args.num_augmentations, batch_size=args.batch_size, overwrite=True
@@ -273,22 +337,26 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     results = {mode: [] for mode in args.modes.split(",")}
+    waits = {mode: [] for mode in results}
     for round_index in range(args.rounds):
         for mode in results:
             module, data, extra = modes[mode]
             name = f"{mode}-{round_index}"
-            times, wall = run_mode(
+            times, wall, wait = run_mode(
                 train_command(module, args, data, name, logs, extra), logs, name, args.threads, args.clock
             )
             results[mode] += times[args.warmup_steps :]
+            waits[mode] += wait[args.warmup_steps :]
             print(f"{name}: {', '.join(f'{t:.3f}' for t in times)} s/step ({wall:.0f}s run)", flush=True)
     load_after = " ".join(f"{v:.1f}" for v in os.getloadavg())
-    section = render(args, results, reinforce_seconds, started, load_before, load_after)
+    section = render(
+        args, results, reinforce_seconds, started, load_before, load_after, waits if gpu else None
+    )
     print(section)
     if {"plain", "dr", "online"} <= set(results):
-        from mobileclip2.benchmarking import write_doc_section
+        from _support import write_doc_section
 
-        write_doc_section(Path(args.output), BEGIN, END, section)
+        write_doc_section(Path(args.output), *((GPU_BEGIN, GPU_END) if gpu else (BEGIN, END)), section)
         print(f"wrote {args.output}")
     return 0
 

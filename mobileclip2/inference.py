@@ -1,45 +1,34 @@
-"""The fastest numerically faithful CPU inference model for MobileCLIP / MobileCLIP2.
+"""The fastest numerically faithful inference model for MobileCLIP / MobileCLIP2, on CPU and CUDA.
 
 ``optimize(model)`` returns a copy of an open_clip CLIP model that computes the same embeddings
-(within 1e-4 of the unfused fp32 model, checked in tests/test_optimize.py) faster, with the same
-``encode_image`` / ``encode_text`` / ``forward`` interface. Each step below was kept because it
-measured faster on CPU (see docs/benchmarks.md for the numbers and what was tried and dropped):
+(within 1e-4 of the unfused fp32 model in fp32, checked in tests/test_optimize.py) faster, with
+the same ``encode_image`` / ``encode_text`` / ``forward`` interface. The steps, each kept because
+it measured faster (docs/benchmarks.md holds the numbers and what was tried and dropped):
 
 1. **Reparameterize** (:func:`mobileclip2.reparameterize`): the training-time multi-branch blocks
-   (MobileOne, RepMixer, RepCPE, large-kernel convs, MCt's 1-D RepMixer) become single convolutions.
-2. **Fold inference-only affines** (:func:`fold_affines`): what is a per-channel scale/shift at
-   inference is folded into the conv or linear layer next to it, so the op disappears: the
-   BatchNorm after ConvMlp's depthwise conv (image tower and MCt), the BatchNorm before an
-   attention block's ``qkv`` projection, and every layer-scale vector into the projection that
-   feeds it. Exact in real arithmetic; in fp32 the outputs move by ~1e-7.
-3. **oneDNN with prepacked weights** (:func:`use_onednn`, CPU fp32): every conv and linear calls
-   oneDNN through the ops PyTorch's own inductor backend emits (``torch.ops.mkldnn.*``), with the
-   weight reordered once into oneDNN's blocked layout instead of on every call, GELU fused into
-   the layer before it, and the text transformer's residual adds fused into the projections.
-   Two reasons it wins: eager PyTorch re-lays out each conv weight on every call (at batch 1 that
-   is a large share of the image tower's time), and on AMD CPUs PyTorch's fp32 matmul goes
-   through MKL's AVX2 code path while oneDNN uses AVX-512 (2048^3 fp32 matmul on the 2-core
-   benchmark machine: ~2.3x the GFLOP/s, measured in each benchmark run). Activations come out channels-last, oneDNN's native
-   layout. The weight layout is chosen for the shapes one batch-1 probe forward sees: packing
-   without a shape hint made the 8x8 attention-stage 1x1 convs ~60x slower.
-4. **torch.compile** (``compile=True``, optional, instead of step 3): for devices where step 3
-   does not apply. On this CPU it was measured and dropped as the default: with inductor's weight
-   freezing the image tower ran at the same speed as step 3 (35.9 vs 35.5 ms, 1 thread), without
-   freezing slower, and the text tower slower (inductor's fp32 linears use MKL again, 75 vs
-   38 ms); compilation takes tens of seconds per input shape and needs a C++ compiler.
+   become single convolutions.
+2. **Fold inference-only affines** (:func:`fold_affines`): BatchNorms after convs and before an
+   attention block's ``qkv``, and layer-scale vectors, go into the weights of the layer next to
+   them. Exact in real arithmetic; in fp32 the outputs move by ~1e-7.
+3. **End causal text at the end-of-text token** (:func:`truncate_causal_text`): in a causal text
+   transformer pooled at the end-of-text token (open_clip's TextTransformer with its causal mask:
+   MobileCLIP-B, MobileCLIP2-B), no
+   position attends to later ones, so the tokens after the last end-of-text token of a batch
+   cannot change the embedding; they are not computed. A typical caption is 10-20 of the 77
+   tokens. Not applied to bidirectional towers (``no_causal_mask``: MobileCLIP2-S0/S2/S3/S4/L-14;
+   MobileCLIP-S0's MCt).
+4. **CPU, fp32: oneDNN with prepacked weights** (:func:`use_onednn`): convs and linears call the
+   oneDNN ops inductor emits for CPU with weights reordered once into oneDNN's blocked layout
+   (chosen for the shapes a batch-1 probe sees), GELU fused into the layer before it, the text
+   transformer's residual adds fused into its projections, attention in SDPA.
+5. **Other devices / dtypes** (``dtype=``, ``channels_last=``, ``compile=``): cast to bf16/fp16
+   (open_clip's ``LayerNormFp32`` keeps fp32 weights, as it computes in fp32), channels-last
+   image tower, and ``torch.compile`` of each tower (``compile="reduce-overhead"`` adds CUDA
+   graphs, which pay off for small batches).
 
-Also measured and not kept (single-thread CPU time, MobileCLIP2-S0, batch 1 unless noted):
-channels-last memory format alone (1.09x; step 3's outputs are channels-last anyway); TorchScript
-trace + freeze + optimize_for_inference (2.0x, deprecated in torch 2.14, below step 3); oneDNN's
-blocked activation layout via ``torch.utils.mkldnn`` (slower than channels-last for every conv shape
-tried); fusing the RepMixer residual add into the second 1x1 conv (within noise at batch 1 and 32);
-ONNX Runtime is faster than step 3 on the image tower at batch 32 (see docs/benchmarks.md), where
-the early stages' 1x1 convs are memory-bound.
-
-The result is an inference artifact: it has no gradients, is not meant to be trained, saved or
-moved to another device (the packed weights are oneDNN tensors). Keep the original model for
-that, and use :func:`mobileclip2.reparameterize` for a fused model that still has a normal
-``state_dict`` (e.g. for ONNX export).
+The result is an inference artifact: no gradients, not meant to be trained or saved (the oneDNN
+weights are opaque tensors). Keep the original model for that, and use
+:func:`mobileclip2.reparameterize` for a fused model with a normal ``state_dict``.
 """
 
 from __future__ import annotations
@@ -52,7 +41,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["example_inputs", "fold_affines", "onednn_available", "optimize", "use_onednn"]
+from .compat import torch_ops
+from .compat.block_types import block_types
+from .models.mci import _fuse_bn
+
+__all__ = [
+    "example_inputs",
+    "fold_affines",
+    "onednn_available",
+    "optimize",
+    "truncate_causal_text",
+    "use_onednn",
+]
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,12 +63,13 @@ __all__ = ["example_inputs", "fold_affines", "onednn_available", "optimize", "us
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode BatchNorm as ``x * scale + shift``."""
-    scale = bn.weight / (bn.running_var + bn.eps).sqrt()
-    return scale, bn.bias - bn.running_mean * scale
+    """Eval-mode BatchNorm as ``x * scale + shift``, through the package's one BN-folding helper."""
+    unit = torch.ones(bn.num_features, 1, 1, 1, dtype=bn.weight.dtype, device=bn.weight.device)
+    scale, shift = _fuse_bn(unit, bn)
+    return scale.reshape(-1), shift
 
 
-def _is_plain_bn(module: nn.Module) -> bool:
+def _is_plain_bn(module: nn.Module | None) -> bool:
     """A BatchNorm2d whose forward is only the normalization (timm's BatchNormAct2d with no act/drop)."""
     if not isinstance(module, nn.BatchNorm2d) or not module.affine or module.running_var is None:
         return False
@@ -103,9 +106,9 @@ def _conv_bn_pair(module: nn.Module) -> tuple[nn.Conv2d, nn.BatchNorm2d] | None:
         if len(children) == 2 and isinstance(children[0], nn.Conv2d) and _is_plain_bn(children[1]):
             return children[0], children[1]
         return None
-    if type(module).__name__ != "ConvNormAct" or not isinstance(
-        getattr(module, "aa", None) or nn.Identity(), nn.Identity
-    ):
+    if not isinstance(module, block_types().conv_norm_act):
+        return None
+    if not isinstance(getattr(module, "aa", None) or nn.Identity(), nn.Identity):
         return None
     conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
     return (conv, bn) if isinstance(conv, nn.Conv2d) and _is_plain_bn(bn) else None
@@ -114,13 +117,13 @@ def _conv_bn_pair(module: nn.Module) -> tuple[nn.Conv2d, nn.BatchNorm2d] | None:
 def _gamma(module: nn.Module | None) -> torch.Tensor | None:
     """The per-channel vector of a layer-scale module (timm LayerScale2d, open_clip/ours LayerScale)."""
     gamma = getattr(module, "gamma", None)
-    if isinstance(gamma, torch.Tensor) and type(module).__name__.startswith("LayerScale"):
+    if isinstance(module, block_types().layer_scale) and isinstance(gamma, torch.Tensor):
         return gamma.reshape(-1)
     return None
 
 
 @torch.no_grad()
-def _scale_outputs(layer: nn.Module, gamma: torch.Tensor) -> bool:
+def _scale_outputs(layer: nn.Module | None, gamma: torch.Tensor) -> bool:
     """Multiply a conv/linear's outputs by ``gamma`` through its weights. False if it cannot."""
     if not isinstance(layer, (nn.Conv2d, nn.Linear)) or layer.weight.shape[0] != gamma.numel():
         return False
@@ -148,6 +151,13 @@ def _children_to_replace(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.
             yield parent, name, child
 
 
+def _fold_into(block: nn.Module, scale_attr: str, layer: nn.Module | None) -> None:
+    """Fold the layer scale ``block.<scale_attr>`` into ``layer``'s outputs and drop it."""
+    gamma = _gamma(getattr(block, scale_attr, None))
+    if gamma is not None and _scale_outputs(layer, gamma):
+        setattr(block, scale_attr, nn.Identity())
+
+
 @torch.no_grad()
 def fold_affines(model: nn.Module) -> nn.Module:
     """Fold inference-time per-channel affines into adjacent layers, in place; returns ``model``.
@@ -155,70 +165,158 @@ def fold_affines(model: nn.Module) -> nn.Module:
     Folds: conv -> BatchNorm pairs (timm ConvNormAct, MCt's conv_bn), an attention block's
     BatchNorm into its ``qkv`` projection, and layer-scale vectors into the layer producing the
     scaled branch (RepMixer / attention blocks of FastViT-MCi, MCt's RepMixer blocks, open_clip
-    residual blocks with ``ls_init_value``). Only structures whose forward is known are touched;
-    everything else is left as it is. Uses BatchNorm running statistics: for inference only.
+    residual blocks with ``ls_init_value``). Blocks are recognized by type
+    (:mod:`mobileclip2.compat.block_types`); everything else is left as it is. Uses BatchNorm
+    running statistics: for inference only.
     """
+    types = block_types()
     for parent, name, child in list(_children_to_replace(model)):
         pair = _conv_bn_pair(child)
         if pair is not None:
             setattr(parent, name, _conv_with_bn(*pair))
     for module in model.modules():
-        kind = type(module).__name__
         mlp = getattr(module, "mlp", None)
-        if kind in ("RepMixerBlock", "RepMixerBlock1d"):
-            gamma = _gamma(getattr(module, "layer_scale", None))
-            if gamma is not None and _scale_outputs(getattr(mlp, "fc2", None), gamma):
-                module.layer_scale = nn.Identity()
-        elif kind == "AttentionBlock":
+        if isinstance(module, types.repmixer_block):
+            _fold_into(module, "layer_scale", getattr(mlp, "fc2", None))
+        elif isinstance(module, types.attention_block):
             mixer = module.token_mixer
-            gamma = _gamma(getattr(module, "layer_scale_1", None))
-            if gamma is not None and _scale_outputs(getattr(mixer, "proj", None), gamma):
-                module.layer_scale_1 = nn.Identity()
-            gamma = _gamma(getattr(module, "layer_scale_2", None))
-            if gamma is not None and _scale_outputs(getattr(mlp, "fc2", None), gamma):
-                module.layer_scale_2 = nn.Identity()
+            _fold_into(module, "layer_scale_1", getattr(mixer, "proj", None))
+            _fold_into(module, "layer_scale_2", getattr(mlp, "fc2", None))
             qkv = getattr(mixer, "qkv", None)
             if _is_plain_bn(module.norm) and isinstance(qkv, nn.Linear):
                 mixer.qkv = _linear_after_bn(qkv, module.norm)
                 module.norm = nn.Identity()
         elif isinstance(getattr(module, "attn", None), nn.MultiheadAttention) and hasattr(module, "ls_2"):
             # open_clip ResidualAttentionBlock with layer scale (not used by MobileCLIP, but cheap).
-            gamma = _gamma(module.ls_2)
-            if gamma is not None and _scale_outputs(getattr(mlp, "c_proj", None), gamma):
-                module.ls_2 = nn.Identity()
-            gamma = _gamma(getattr(module, "ls_1", None))
-            if gamma is not None and _scale_outputs(module.attn.out_proj, gamma):
-                module.ls_1 = nn.Identity()
+            _fold_into(module, "ls_2", getattr(mlp, "c_proj", None))
+            _fold_into(module, "ls_1", module.attn.out_proj)
     return model
 
 
 # ---------------------------------------------------------------------------------------------
-# Step 3: oneDNN layers with prepacked weights and fused post-ops.
+# Step 3: causal text towers stop at the end-of-text token.
+# ---------------------------------------------------------------------------------------------
+
+
+def _prefix_length(length: int, limit: int, multiple: int) -> int:
+    """``length`` rounded up to a multiple (fewer distinct shapes for compiled code), at most ``limit``."""
+    return min(limit, -(-length // multiple) * multiple)
+
+
+class _PrefixEncoder(nn.Module):
+    """open_clip's TextTransformer.forward (open_clip_torch 2.24 - 3.3, causal mask, no CLS token,
+    pooled at the end-of-text token) on a token prefix: written from open_clip's
+    ``TextTransformer._embeds`` / ``forward`` / ``text_global_pool``, equal outputs checked in
+    tests/test_optimize.py. The blocks get the causal mask cut to the prefix, the way ``_embeds``
+    cuts the positional embedding. A module of its own so that ``torch.compile`` sees it whole.
+    """
+
+    def __init__(self, tower: nn.Module):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        tower = self.tower
+        length = tokens.shape[1]
+        cast_dtype = tower.transformer.get_cast_dtype()
+        x = tower.token_embedding(tokens).to(cast_dtype)
+        x = x + tower.positional_embedding[:length].to(cast_dtype)
+        mask = tower.attn_mask[:length, :length]
+        for block in tower.transformer.resblocks:
+            # Our oneDNN blocks take the causal flag directly (SDPA's is_causal, no mask check).
+            x = (
+                block(x, is_causal=True)
+                if getattr(block, "takes_is_causal", False)
+                else block(x, attn_mask=mask)
+            )
+        x = tower.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), index]
+        projection = tower.text_projection
+        if projection is None:
+            return pooled
+        return projection(pooled) if isinstance(projection, nn.Linear) else pooled @ projection
+
+
+class _CausalPrefixText(nn.Module):
+    """A causal text tower run on the shortest prefix (rounded up to ``multiple``) holding every
+    row's pooled token; the tokens after it cannot reach the pooled position."""
+
+    def __init__(self, tower: nn.Module, multiple: int = 8):
+        super().__init__()
+        self.encoder = _PrefixEncoder(tower)
+        self.multiple = multiple
+        self.pool_type = tower.pool_type
+        self.eos_id = getattr(tower, "eos_id", None)
+        self.context_length = tower.context_length
+        self.vocab_size = getattr(tower, "vocab_size", None)
+        self.output_dim = getattr(tower, "output_dim", None)
+        self.output_tokens = False
+
+    @staticmethod
+    def supports(tower: nn.Module) -> bool:
+        needed = (
+            "token_embedding",
+            "positional_embedding",
+            "transformer",
+            "ln_final",
+            "attn_mask",
+            "pool_type",
+        )
+        if not all(hasattr(tower, name) for name in needed) or not isinstance(tower.attn_mask, torch.Tensor):
+            return False
+        return (
+            tower.pool_type in ("argmax", "eos")
+            and getattr(tower, "cls_emb", None) is None
+            and not getattr(tower, "output_tokens", False)
+            and not getattr(tower, "use_pad_mask", False)
+            and isinstance(getattr(tower.transformer, "resblocks", None), nn.ModuleList)
+            and getattr(tower.transformer, "batch_first", True)
+            and _is_causal_mask(tower.attn_mask)
+        )
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        if self.pool_type == "argmax":
+            index = text.argmax(dim=-1)
+        else:
+            index = (text == self.eos_id).int().argmax(dim=-1)
+        length = _prefix_length(int(index.max()) + 1, text.shape[1], self.multiple)
+        return self.encoder(text[:, :length], index)
+
+
+def truncate_causal_text(model: nn.Module, multiple: int = 8) -> nn.Module:
+    """Step 3 in place: a causal ``model.text`` computes only the tokens up to the pooled one.
+
+    ``multiple`` rounds the prefix length up (16: five shapes for 77 tokens, which keeps
+    ``torch.compile`` and CUDA graphs from seeing a new shape per caption). Returns ``model``.
+    """
+    text = getattr(model, "text", None)
+    if isinstance(text, nn.Module) and _CausalPrefixText.supports(text):
+        model.text = _CausalPrefixText(text, multiple)
+    return model
+
+
+def _is_causal_mask(attn_mask: torch.Tensor | None) -> bool:
+    """An additive (L, L) mask that blocks exactly the future: SDPA's ``is_causal`` does the same."""
+    if attn_mask is None or attn_mask.dim() != 2 or attn_mask.dtype == torch.bool:
+        return False
+    future = torch.ones(attn_mask.shape, dtype=torch.bool, device=attn_mask.device).triu(1)
+    return bool(torch.equal(torch.isinf(attn_mask) & (attn_mask < 0), future)) and bool(
+        (attn_mask.masked_fill(future, 0) == 0).all()
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 4: oneDNN layers with prepacked weights and fused post-ops (CPU, fp32).
 # ---------------------------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=1)
 def onednn_available() -> bool:
-    """True when this torch build has the oneDNN ops used here (x86/ARM CPU builds with mkldnn).
-
-    They are the ops inductor emits for CPU (``torch.ops.mkldnn._convolution_pointwise`` etc.,
-    present since torch 2.0, checked up to 2.14); a build without them simply skips step 3.
-    """
-    if not torch.backends.mkldnn.is_available():
+    """True when this torch build has working oneDNN ops (see :mod:`mobileclip2.compat.torch_ops`)."""
+    if not torch_ops.onednn_ops_present():
         return False
-    ops = torch.ops.mkldnn
-    needed = (
-        "_convolution_pointwise",
-        "_linear_pointwise",
-        "_reorder_convolution_weight",
-        "_reorder_linear_weight",
-    )
-    try:
-        if not all(hasattr(ops, name) for name in needed):
-            return False
-        # Smoke test: some builds register the schema but not a CPU kernel.
-        conv = nn.Conv2d(2, 2, 1)
-        _OneDNNConv2d(conv)(torch.zeros(1, 2, 1, 1))
+    try:  # some builds register the schema but not a CPU kernel
+        _OneDNNConv2d(nn.Conv2d(2, 2, 1))(torch.zeros(1, 2, 1, 1))
         _OneDNNLinear(nn.Linear(2, 2))(torch.zeros(1, 2))
     except (RuntimeError, NotImplementedError, AttributeError):
         return False
@@ -247,14 +345,14 @@ class _OneDNNConv2d(nn.Module):
         # oneDNN picks the weight layout for an input shape; without one it assumes a large
         # spatial size, which is ~60x slower on MCi's 8x8 attention stages. Layouts chosen for
         # batch 1 measured as fast as batch-specific ones at batch 32.
-        self.packed_weight = torch.ops.mkldnn._reorder_convolution_weight(
+        self.packed_weight = torch_ops.reorder_conv_weight(
             conv.weight.detach(), self.padding, self.stride, self.dilation, self.groups, input_size
         )
         self.bias = None if conv.bias is None else conv.bias.detach().clone()
         self.unary, self.algorithm = "none", None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._convolution_pointwise(
+        return torch_ops.onednn_conv(
             x,
             self.packed_weight,
             self.bias,
@@ -263,7 +361,6 @@ class _OneDNNConv2d(nn.Module):
             self.dilation,
             self.groups,
             self.unary,
-            [],
             self.algorithm,
         )
 
@@ -279,7 +376,7 @@ class _OneDNNLinear(nn.Module):
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
-        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.packed_weight = torch_ops.reorder_linear_weight(linear.weight.detach())
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
         self.unary, self.algorithm = _unary_attr(act) or ("none", None)
 
@@ -294,16 +391,14 @@ class _OneDNNLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        out = torch.ops.mkldnn._linear_pointwise(
-            rows, self.packed_weight, self.bias, self.unary, [], self.algorithm
-        )
+        out = torch_ops.onednn_linear(rows, self.packed_weight, self.bias, self.unary, self.algorithm)
         return out.view(*x.shape[:-1], self.out_features)
 
     def add_to(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``residual + linear(x)`` in one oneDNN call (no activation)."""
         rows = x.reshape(-1, self.in_features)
-        out = torch.ops.mkldnn._linear_pointwise.binary(
-            rows, residual.reshape(-1, self.out_features), self.packed_weight, self.bias, "add"
+        out = torch_ops.onednn_linear_add(
+            rows, residual.reshape(-1, self.out_features), self.packed_weight, self.bias
         )
         return out.view(*x.shape[:-1], self.out_features)
 
@@ -326,8 +421,9 @@ class _OneDNNSelfAttentionBlock(nn.Module):
 
     Replaces open_clip's ResidualAttentionBlock and MCt's TransformerBlock (self-attention,
     batch-first nn.MultiheadAttention, MLP ``c_fc -> act -> c_proj``). Attention runs in
-    ``F.scaled_dot_product_attention`` (the kernel nn.MultiheadAttention's fast path uses too);
-    GELU is fused into ``c_fc`` and both residual adds into the output projections.
+    ``F.scaled_dot_product_attention`` (the kernel nn.MultiheadAttention's fast path uses too;
+    a causal mask becomes ``is_causal``); GELU is fused into ``c_fc`` and both residual adds into
+    the output projections.
     """
 
     def __init__(self, block: nn.Module):
@@ -344,6 +440,7 @@ class _OneDNNSelfAttentionBlock(nn.Module):
         self.act = nn.Identity() if self.c_fc.unary != "none" else act
         self.c_proj = _OneDNNLinear(mlp.c_proj)
         self._dtype = mha.in_proj_weight.dtype
+        self._causal_cache: tuple[torch.Tensor, bool] | None = None
 
     @staticmethod
     def supports(block: nn.Module) -> bool:
@@ -353,7 +450,7 @@ class _OneDNNSelfAttentionBlock(nn.Module):
             return False
         plain_mha = (
             mha.batch_first
-            and mha._qkv_same_embed_dim
+            and torch_ops.mha_packed_qkv(mha)
             and mha.bias_k is None
             and not mha.add_zero_attn
             and isinstance(getattr(mha, "out_proj", None), nn.Linear)
@@ -370,10 +467,17 @@ class _OneDNNSelfAttentionBlock(nn.Module):
             and all(hasattr(block, name) for name in ("ln_1", "ln_2"))
         )
 
-    def get_weight_dtype(
-        self,
-    ) -> torch.dtype:  # open_clip's Transformer.get_cast_dtype() asks the first block
-        return self._dtype
+    def _causal(self, attn_mask: torch.Tensor | None) -> bool:
+        if attn_mask is None:
+            return False
+        cached = self._causal_cache
+        if cached is not None and cached[0] is attn_mask:
+            return cached[1]
+        causal = _is_causal_mask(attn_mask)
+        self._causal_cache = (attn_mask, causal)
+        return causal
+
+    takes_is_causal = True
 
     def forward(
         self,
@@ -381,13 +485,25 @@ class _OneDNNSelfAttentionBlock(nn.Module):
         k_x: torch.Tensor | None = None,
         v_x: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
     ) -> torch.Tensor:
         batch, length, width = q_x.shape
         qkv = self.qkv(self.ln_1(q_x)).view(batch, length, 3, self.heads, width // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=_additive_mask(attn_mask, q.dtype))
+        if is_causal or self._causal(attn_mask):
+            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=_additive_mask(attn_mask, q.dtype))
         x = self.out_proj.add_to(attn.transpose(1, 2).reshape(batch, length, width), q_x)
         return self.c_proj.add_to(self.act(self.c_fc(self.ln_2(x))), x)
+
+
+def _weight_dtype(self: _OneDNNSelfAttentionBlock) -> torch.dtype:
+    return self._dtype
+
+
+# open_clip's Transformer.get_cast_dtype() asks its first block for the weight dtype.
+setattr(_OneDNNSelfAttentionBlock, torch_ops.WEIGHT_DTYPE_METHOD, _weight_dtype)
 
 
 def _fuse_activation(module: nn.Module) -> None:
@@ -397,12 +513,12 @@ def _fuse_activation(module: nn.Module) -> None:
     with no SE the activation follows the conv. ConvMlp / Mlp / MCt's ConvMlp1d compute
     ``fc2(act(fc1(...)))`` (dropout is the identity at inference).
     """
-    kind = type(module).__name__
-    if kind in ("MobileOneBlock", "ReparamLargeKernelConv"):
+    types = block_types()
+    if isinstance(module, types.mobileone + types.large_kernel):
         layer_name, act = "reparam_conv", getattr(module, "act", None)
         if not isinstance(getattr(module, "se", None), nn.Identity):
             return
-    elif kind in ("ConvMlp", "ConvMlp1d", "Mlp"):
+    elif isinstance(module, types.conv_mlp):
         layer_name, act = "fc1", getattr(module, "act", None)
         if not isinstance(getattr(module, "norm", nn.Identity()), nn.Identity):
             return
@@ -431,6 +547,8 @@ def example_inputs(model: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor 
     text_tower = getattr(model, "text", model)
     context = getattr(text_tower, "context_length", None) or getattr(model, "context_length", None)
     text = None if context is None else torch.zeros(1, context, dtype=torch.long)
+    if text is not None:
+        text[:, -1] = 1  # the pooled (argmax) token at the end: every position is computed
     return image, text
 
 
@@ -476,9 +594,9 @@ def use_onednn(model: nn.Module) -> nn.Module:
     for parent, name, child in list(_children_to_replace(model)):
         if isinstance(parent, nn.MultiheadAttention) or name in _KEEP_AS_IS:
             continue
-        if isinstance(child, nn.Conv2d) and type(child) is nn.Conv2d and _supported_conv(child):
+        if type(child) is nn.Conv2d and _supported_conv(child):
             setattr(parent, name, _OneDNNConv2d(child, input_size=sizes.get(child)))
-        elif isinstance(child, nn.Linear) and type(child) is nn.Linear:
+        elif type(child) is nn.Linear:
             setattr(parent, name, _OneDNNLinear(child))
     for module in model.modules():
         _fuse_activation(module)
@@ -486,8 +604,59 @@ def use_onednn(model: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------
-# The public entry point.
+# Step 5: dtype, memory format, torch.compile (CUDA and other devices).
 # ---------------------------------------------------------------------------------------------
+
+
+class _ImageInput(nn.Module):
+    """Casts images to the tower's dtype and memory format on the way in (callers pass fp32 NCHW)."""
+
+    def __init__(self, visual: nn.Module, dtype: torch.dtype | None, channels_last: bool):
+        super().__init__()
+        self.visual = visual
+        self.dtype = dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        for attr in ("preprocess_cfg", "image_size", "output_dim"):
+            if hasattr(visual, attr):
+                setattr(self, attr, getattr(visual, attr))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.visual(image.to(dtype=self.dtype or image.dtype, memory_format=self.memory_format))
+
+
+def _cast(model: nn.Module, dtype: torch.dtype) -> None:
+    """``model.to(dtype)``, except norms that compute in fp32 (open_clip's LayerNormFp32) keep fp32
+    weights: their forward upcasts the input and would otherwise meet low-precision weights."""
+    model.to(dtype)
+    for module in model.modules():
+        if isinstance(module, block_types().fp32_norm):
+            module.float()
+
+
+def _compile_mode(compile: bool | str) -> str | None:
+    if compile is False or compile is None:
+        return None
+    mode = "default" if compile is True else compile
+    if mode not in COMPILE_MODES:
+        raise ValueError(
+            f"optimize(compile={compile!r}): use True/False or one of {', '.join(COMPILE_MODES)}"
+        )
+    return mode
+
+
+def _compile_towers(model: nn.Module, mode: str) -> None:
+    """torch.compile each tower (``torch.compile(model)`` would compile only ``forward``, which
+    ``encode_image`` / ``encode_text`` never call)."""
+    for attr in ("visual", "text", "transformer"):
+        tower = getattr(model, attr, None)
+        if isinstance(tower, _CausalPrefixText):  # the prefix length is decided outside the graph
+            tower.encoder = torch.compile(tower.encoder, mode=mode, dynamic=False)
+        elif isinstance(tower, nn.Module):
+            setattr(model, attr, torch.compile(tower, mode=mode, dynamic=False))
+
+
+def _parameter_devices(model: nn.Module) -> set[str]:
+    return {t.device.type for t in [*model.parameters(), *model.buffers()]}
 
 
 def _parameters_on_cpu_fp32(model: nn.Module) -> bool:
@@ -499,32 +668,46 @@ def _parameters_on_cpu_fp32(model: nn.Module) -> bool:
 def optimize(
     model: nn.Module,
     *,
+    dtype: torch.dtype | None = None,
+    channels_last: bool | None = None,
     onednn: bool | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
+    truncate_text: bool = True,
     inplace: bool = False,
 ) -> nn.Module:
     """The fastest numerically faithful inference version of an open_clip CLIP model.
 
     Args:
         model: a model from ``open_clip.create_model`` (MobileCLIP/MobileCLIP2 or any other CLIP),
-            fused or not; it is put in eval mode.
-        onednn: use oneDNN layers with prepacked weights (step 3 of the module docs). ``None``
-            (default) uses them when the model is on CPU in float32 and this torch has the ops;
-            ``True`` insists and raises if that is impossible; ``False`` skips them (the result
-            then still runs on any device and dtype).
-        compile: ``torch.compile`` each tower of the folded model instead of using oneDNN layers
-            (the two do not compose). Meant for other devices (e.g. CUDA); on CPU it measured no
-            faster than the oneDNN path (docs/benchmarks.md), compiles for tens of seconds per
-            input shape and needs a C++ compiler.
+            fused or not, on the device it should run on; it is put in eval mode.
+        dtype: cast to this dtype (``torch.bfloat16`` / ``torch.float16`` on GPUs); ``None`` keeps
+            the model's. Images may still be passed in fp32: they are cast on the way in.
+        channels_last: image tower in channels-last memory format; ``None`` (default) means yes
+            on CUDA (the oneDNN path on CPU is channels-last anyway).
+        onednn: use oneDNN layers with prepacked weights (step 4 of the module docs). ``None``
+            (default) uses them when the model is on CPU in float32, not compiled, and this torch
+            has the ops; ``True`` insists and raises if that is impossible; ``False`` skips them.
+        compile: ``torch.compile`` each tower: ``True`` (mode ``"default"``) or a mode name;
+            ``"reduce-overhead"`` adds CUDA graphs (small batches on CUDA). Does not compose with
+            oneDNN layers; on CPU it measured no faster than them (docs/benchmarks.md).
+        truncate_text: step 3 (causal text towers stop at the end-of-text token).
         inplace: modify ``model`` itself instead of a deep copy.
 
     Returns:
-        A model with the same ``encode_image`` / ``encode_text`` / ``forward``; embeddings match
-        the unfused fp32 model within 1e-4. Run it under ``torch.inference_mode()`` or
-        ``torch.no_grad()``; it cannot be trained or saved (see the module docs).
+        A model with the same ``encode_image`` / ``encode_text`` / ``forward``; in fp32 its
+        embeddings match the unfused model within 1e-4. Run it under ``torch.inference_mode()``;
+        it cannot be trained or saved (see the module docs).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize() needs a torch.nn.Module, got {type(model).__name__}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"optimize(dtype={dtype!r}): pass a floating torch.dtype such as torch.bfloat16")
+    mode = _compile_mode(compile)
+    if mode is not None and onednn:
+        raise ValueError(
+            "optimize(compile=...) compiles the plain folded model with torch.compile; the prepacked oneDNN "
+            "layers cannot be traced by it. Pass onednn=None/False with compile."
+        )
     from .reparam import reparameterize
 
     if not inplace:
@@ -533,20 +716,14 @@ def optimize(
     model.requires_grad_(False)
     model = reparameterize(model, inplace=True)
     fold_affines(model)
+    if truncate_text:
+        truncate_causal_text(model, multiple=16 if mode else 8)
+    if dtype is not None and dtype != torch.float32:
+        _cast(model, dtype)
 
-    if compile:
-        if onednn:
-            raise ValueError(
-                "optimize(compile=True) compiles the plain folded model with torch.compile; the prepacked oneDNN "
-                "layers cannot be traced by it. Pass onednn=None/False with compile=True."
-            )
-        for attr in ("visual", "text", "transformer"):
-            if isinstance(getattr(model, attr, None), nn.Module):
-                setattr(model, attr, torch.compile(getattr(model, attr)))
-        return model
     cpu_fp32 = _parameters_on_cpu_fp32(model)
     if onednn is None:
-        onednn = cpu_fp32 and onednn_available()
+        onednn = mode is None and cpu_fp32 and onednn_available()
     elif onednn and not (cpu_fp32 and onednn_available()):
         raise ValueError(
             "optimize(onednn=True) needs a float32 model on CPU and a torch build with oneDNN (mkldnn); "
@@ -555,5 +732,15 @@ def optimize(
             "Pass onednn=False to optimize for another device or dtype."
         )
     if onednn:
-        use_onednn(model)
+        return use_onednn(model)
+
+    if channels_last is None:
+        channels_last = "cuda" in _parameter_devices(model)
+    visual = getattr(model, "visual", None)
+    if isinstance(visual, nn.Module) and (channels_last or dtype is not None):
+        if channels_last:
+            visual.to(memory_format=torch.channels_last)
+        model.visual = _ImageInput(visual, dtype, channels_last)
+    if mode is not None:
+        _compile_towers(model, mode)
     return model

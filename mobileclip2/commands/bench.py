@@ -1,8 +1,10 @@
-"""`mobileclip2 bench NAME`: latency of upstream eager, mobileclip2.optimize and onnxruntime, one model.
+"""`mobileclip2 bench NAME`: speed of upstream eager, mobileclip2.optimize and onnxruntime, one model.
 
 A quick, single-model version of benchmarks/inference.py (which runs the documented comparison
-across models and writes docs/benchmarks.md). Random weights unless --pretrained is given: speed
-does not depend on the weights' values.
+across models and writes docs/benchmarks.md), with the same method (mobileclip2.benchmarking):
+alternated calls, median of per-round ratios, and a self-check that marks a measurement invalid
+when the runtimes disturbed each other. Random weights unless --pretrained is given: speed does
+not depend on the weights' values.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 
 HELP = "Time one model's towers: upstream open_clip+timm vs mobileclip2.optimize vs onnxruntime."
 RUNTIMES = ("upstream", "ours", "onnxruntime")
+TOWERS = ("image", "text", "text-full")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,27 +22,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pretrained", default=None, help="pretrained tag or local file (default: random weights)"
     )
     parser.add_argument("--batch-size", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
-    parser.add_argument("--tower", choices=("image", "text", "both"), default="both")
+    parser.add_argument(
+        "--tower",
+        choices=(*TOWERS, "all"),
+        default="all",
+        help="image, text (a 12-token caption), text-full (all 77 tokens) or all (default)",
+    )
     parser.add_argument(
         "--runtimes",
         nargs="+",
         choices=RUNTIMES,
         default=list(RUNTIMES),
-        help="what to compare (default all)",
+        help="what to compare (default all; upstream is always included: ratios are against it)",
     )
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds per runtime (default 10)")
 
 
 def format_rows(results) -> str:
     lines = [
-        f"{'tower':<6} {'batch':>5} {'runtime':<12} {'median ms':>10} {'GFLOP/s':>8} {'vs upstream':>11}"
+        f"{'tower':<9} {'batch':>5} {'runtime':<12} {'median ms':>10} {'GFLOP/s':>8} {'vs upstream':>11}  check"
     ]
-    base = {(r.tower, r.batch): r.seconds for r in results if r.runtime == "upstream"}
     for r in results:
-        ratio = base.get((r.tower, r.batch))
-        speedup = f"{ratio / r.seconds:.2f}x" if ratio else "-"
+        check = "ok" if r.valid else f"INVALID ({r.interference:+.0%} upstream drift)"
         lines.append(
-            f"{r.tower:<6} {r.batch:>5} {r.runtime:<12} {r.seconds * 1e3:>10.1f} {r.gflops_per_s:>8.1f} {speedup:>11}"
+            f"{r.tower:<9} {r.batch:>5} {r.runtime:<12} {r.seconds * 1e3:>10.1f} {r.gflops_per_s:>8.1f} "
+            f"{r.speedup:>10.2f}x  {check}"
         )
     return "\n".join(lines)
 
@@ -50,13 +57,14 @@ def run(args: argparse.Namespace) -> int:
     from mobileclip2.benchmarking import benchmark_model
     from mobileclip2.errors import MobileCLIP2Error
 
-    towers = ("image", "text") if args.tower == "both" else (args.tower,)
+    towers = TOWERS if args.tower == "all" else (args.tower,)
+    runtimes = ("upstream", *(r for r in args.runtimes if r != "upstream"))
     try:
         results = benchmark_model(
             args.name,
             batches=tuple(args.batch_size),
             towers=towers,
-            runtimes=tuple(args.runtimes),
+            runtimes=runtimes,
             pretrained=args.pretrained,
             rounds=lambda batch: args.rounds,
             log=lambda line: print(line, file=sys.stderr, flush=True),
@@ -65,4 +73,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"mobileclip2 bench: error: {error}", file=sys.stderr)
         return 1
     print(format_rows(results))
-    return 0
+    return 0 if all(r.valid for r in results) else 3
