@@ -71,16 +71,12 @@ def empty_section() -> str:
 
 def write_block(doc: Path, device: str, text: str) -> None:
     """Replace this device's block (creating the section at the end if missing); atomic."""
-    content = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
-    if SECTION_BEGIN not in content:
-        content = content.rstrip("\n") + "\n\n" + empty_section() + "\n"
+    from _support import write_doc_section
+
+    if SECTION_BEGIN not in (doc.read_text(encoding="utf-8") if doc.exists() else ""):
+        write_doc_section(doc, SECTION_BEGIN, SECTION_END, empty_section())
     begin, end = block_markers(device)
-    head, rest = content.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    content = f"{head}{begin}\n{text.strip()}\n{end}{tail}"
-    partial = doc.with_name(doc.name + ".partial")
-    partial.write_text(content, encoding="utf-8")
-    os.replace(partial, doc)
+    write_doc_section(doc, begin, end, f"{begin}\n{text.strip()}\n{end}")
 
 
 def fmt(value: float | None, digits: int = 1) -> str:

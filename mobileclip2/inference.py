@@ -43,7 +43,7 @@ from torch import nn
 
 from .compat import torch_ops
 from .compat.block_types import block_types
-from .models.mci import _fuse_bn
+from .models.mci import fuse_bn
 
 __all__ = [
     "example_inputs",
@@ -65,7 +65,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval-mode BatchNorm as ``x * scale + shift``, through the package's one BN-folding helper."""
     unit = torch.ones(bn.num_features, 1, 1, 1, dtype=bn.weight.dtype, device=bn.weight.device)
-    scale, shift = _fuse_bn(unit, bn)
+    scale, shift = fuse_bn(unit, bn)
     return scale.reshape(-1), shift
 
 

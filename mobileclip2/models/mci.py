@@ -66,9 +66,6 @@ def fuse_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, tor
     return kernel * t, bn.bias - bn.running_mean * bn.weight / std
 
 
-_fuse_bn = fuse_bn  # old private name
-
-
 def _identity_kernel(
     channels: int, groups: int, kernel_size: tuple[int, int], like: torch.Tensor
 ) -> torch.Tensor:
