@@ -18,7 +18,7 @@ import warnings
 
 from torch import nn
 
-from .compat.timm_layers import fuse_method, is_fused
+from .compat.timm_layers import FUSED_ATTRS, fuse_method, is_fused  # noqa: F401 - FUSED_ATTRS re-exported (convert.py)
 
 __all__ = ["is_fused", "reparameterize"]
 
