@@ -1,6 +1,6 @@
 """The block classes mobileclip2.optimize recognizes, gathered from timm, open_clip and our models.
 
-Handled versions: timm 0.9.16 - 1.0.31 (``timm.models.fastvit`` defines MobileOneBlock,
+Versions handled: timm 0.9.16 - 1.0.31 (``timm.models.fastvit`` defines MobileOneBlock,
 ReparamLargeKernelConv, RepMixerBlock, AttentionBlock, ConvMlp, LayerScale2d; ``timm.layers``
 ConvNormAct) and open_clip_torch 2.24 - 3.3 (``open_clip.transformer.LayerScale``,
 ``LayerNormFp32``). A class a given release lacks is simply left out of its tuple, so

@@ -1,6 +1,6 @@
 """torch internals that mobileclip2.optimize and the benchmarks use, in one place.
 
-Handled versions: torch 2.1 - 2.14 (checked on 2.14.1 CPU here and 2.11 CUDA on the GPU
+Versions handled: torch 2.1 - 2.14 (checked on 2.14.1 CPU here and 2.11 CUDA on the GPU
 benchmark machine), open_clip_torch 2.24 - 3.3.
 
 * ``torch.ops.mkldnn._convolution_pointwise`` / ``_linear_pointwise`` (+ ``.binary``) and
