@@ -5,7 +5,7 @@ Three runtimes of the same model are compared in one process, on the same inputs
 * ``upstream``: ``open_clip.create_model`` + ``timm.utils.reparameterize_model`` (what a user of
   plain open_clip + timm would run), eager PyTorch;
 * ``ours``: :func:`mobileclip2.optimize`;
-* ``onnxruntime``: the graphs :mod:`mobileclip2.exporting` writes, in an onnxruntime CPU session.
+* ``onnxruntime``: the graphs :mod:`mobileclip2.export` writes, in an onnxruntime CPU session.
 
 Timings interleave the runtimes round by round (a slow spell of a shared machine hits all of them)
 and report the median of wall-clock times after warm-up. FLOPs are counted once per tower with
@@ -83,7 +83,7 @@ def count_flops(fn: Callable[[torch.Tensor], Any], inputs: torch.Tensor) -> int:
     """FLOPs of one call (multiply-add = 2 FLOPs), counted by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .exporting import mha_fastpath_disabled
+    from .compat.export import mha_fastpath_disabled
 
     with torch.no_grad(), mha_fastpath_disabled(), FlopCounterMode(display=False) as counter:
         fn(inputs)
@@ -192,11 +192,11 @@ class OnnxTowers:
     def __init__(self, model: nn.Module, name: str):
         import onnxruntime as ort
 
-        from .exporting import export_model
+        from .export.pipeline import export_loaded
 
         self._dir = tempfile.TemporaryDirectory(prefix="mobileclip2-bench-")
         cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
-        result = export_model(model, self._dir.name, name=name, preprocess_cfg=cfg, check=True)
+        result = export_loaded(model, self._dir.name, name=name, preprocess_cfg=cfg, check=True)
         options = ort.SessionOptions()
         self.sessions = {
             "image": ort.InferenceSession(result.image.path, options, providers=["CPUExecutionProvider"]),
