@@ -19,7 +19,9 @@ from mobileclip2.export.constants import (
     INT8_FORMATS,
 )
 
-HELP = "Export the image and text towers (ONNX, ExecuTorch, Core ML, LiteRT; fp32 or int8) with a JSON sidecar."
+HELP = (
+    "Export the image and text towers (ONNX, ExecuTorch, Core ML, LiteRT; fp32 or int8) with a JSON sidecar."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="images to calibrate int8 on (recursive; sub-folder names = labels for zero-shot agreement)",
     )
     parser.add_argument(
-        "--calibration-captions", metavar="FILE", help="captions to calibrate the int8 text tower on, one per line"
+        "--calibration-captions",
+        metavar="FILE",
+        help="captions to calibrate the int8 text tower on, one per line",
     )
     parser.add_argument(
         "--min-cosine",

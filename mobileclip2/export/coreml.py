@@ -51,7 +51,9 @@ def write(module: nn.Module, example: torch.Tensor, path: str | os.PathLike, tow
     model.save(str(path))
 
 
-def check_structure(path: str | os.PathLike, tower: str, input_shape: list[int], embed_dim: int) -> dict[str, Any]:
+def check_structure(
+    path: str | os.PathLike, tower: str, input_shape: list[int], embed_dim: int
+) -> dict[str, Any]:
     """What can be checked without macOS; raises ExportParityError on any mismatch, returns a summary."""
     ct = _coremltools()
     from coremltools.converters.mil.mil.ops.registry import SSAOpRegistry
@@ -84,7 +86,12 @@ def check_structure(path: str | os.PathLike, tower: str, input_shape: list[int],
         problems.append(f"no fp16 weights (const dtypes {sorted(const_dtypes)}): not fp16 compute")
     if problems:
         raise ExportParityError(f"{Path(path).name}: Core ML structure check failed: " + "; ".join(problems))
-    return {"opset": function.opset, "op_types": op_types, "weights": "float16", "checked": "structure (Linux)"}
+    return {
+        "opset": function.opset,
+        "op_types": op_types,
+        "weights": "float16",
+        "checked": "structure (Linux)",
+    }
 
 
 def load(path: str | os.PathLike, threads: int | None = None):

@@ -104,6 +104,7 @@ def write_int8(
     calibration: Sequence[torch.Tensor],
     *,
     opset: int = DEFAULT_OPSET,
+    dynamo: bool = False,
 ) -> None:
     """Static QDQ int8 (U8S8, per-channel weights) calibrated on ``calibration`` (batches of inputs)."""
     ort = _onnxruntime()
@@ -122,8 +123,10 @@ def write_int8(
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".int8-") as work:
         fp32 = Path(work) / "fp32.onnx"
         pre = Path(work) / "pre.onnx"
-        write(module, example, fp32, tower, opset=opset)
-        quant_pre_process(str(fp32), str(pre))
+        write(module, example, fp32, tower, opset=opset, dynamo=dynamo)
+        # symbolic shape inference asserts on the text tower's Reshape (onnxruntime 1.32); ONNX shape
+        # inference and the graph optimization still run.
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         quantize_static(
             str(pre),
             str(path),

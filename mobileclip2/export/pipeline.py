@@ -115,6 +115,20 @@ def _move_into_place(staging: Path, out_dir: Path, names: dict[str, str]) -> Non
     os.replace(staging / names["sidecar"], sidecar)
 
 
+def _transform(preprocess_cfg: dict[str, Any], geo) -> Callable[[Any], torch.Tensor]:
+    """The model's eval transform from its preprocess config (open_clip's public ``image_transform``)."""
+    import open_clip
+
+    return open_clip.image_transform(
+        (geo.height, geo.width),
+        is_train=False,
+        mean=tuple(preprocess_cfg.get("mean") or ()) or None,
+        std=tuple(preprocess_cfg.get("std") or ()) or None,
+        resize_mode=preprocess_cfg.get("resize_mode"),
+        interpolation=preprocess_cfg.get("interpolation"),
+    )
+
+
 def _calibration_batches(rows: torch.Tensor, batch: int = 8) -> list[torch.Tensor]:
     return list(rows.split(batch))
 
@@ -160,7 +174,7 @@ def export_loaded(
             geo,
             images=calibration_images,
             captions=calibration_captions,
-            preprocess=preprocess,
+            preprocess=preprocess or _transform(preprocess_cfg, geo),
             tokenizer=tokenizer,
         )
     generator = torch.Generator().manual_seed(0)
@@ -309,7 +323,9 @@ def export_model(
 
     loaded = load_for_inference(model_name, pretrained)
     extra = {
-        "pretrained": pretrained if pretrained is None or not os.path.isfile(pretrained) else Path(pretrained).name,
+        "pretrained": pretrained
+        if pretrained is None or not os.path.isfile(pretrained)
+        else Path(pretrained).name,
         "preprocess_source": loaded.preprocess_source,
     }
     return export_loaded(

@@ -40,7 +40,9 @@ class TowerModule(nn.Module):
         return self.model.encode_text(x, normalize=self.normalize)
 
 
-def tower_module(model: nn.Module, tower: str, normalize: bool = False, int32_tokens: bool = False) -> nn.Module:
+def tower_module(
+    model: nn.Module, tower: str, normalize: bool = False, int32_tokens: bool = False
+) -> nn.Module:
     """One tower of ``model`` as an eval-mode module (shares the model's weights)."""
     if tower not in TOWERS:
         raise ValueError(f"unknown tower {tower!r}; expected one of {TOWERS}")
