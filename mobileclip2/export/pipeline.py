@@ -214,9 +214,14 @@ def export_loaded(
                     inputs = geo.random(tower, check_count, generator)
                     inputs = inputs.int() if int32 else inputs
                     got = run_batched(runners[tower], inputs.numpy(), fmt.PARITY_BATCH)
-                    record.max_abs_diff = check_max_abs_diff(
-                        names[tower], got, embed(module, inputs).numpy(), tolerance
-                    )
+                    want = embed(module, inputs).numpy()
+                    if format == "coreml":  # fp16 compute (macOS only): judged like int8, by cosine
+                        record.fidelity = {"random_inputs": calib.cosine_summary(got, want)}
+                        calib.check_fidelity(
+                            names[tower], {"calibration": record.fidelity["random_inputs"]}, min_cosine
+                        )
+                    else:
+                        record.max_abs_diff = check_max_abs_diff(names[tower], got, want, tolerance)
             towers[tower] = record
         fidelity = None
         if int8 and check:
