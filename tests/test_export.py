@@ -265,3 +265,14 @@ def test_public_api_shape():
 
     assert mobileclip2.export_model is export_model
     assert mobileclip2.export.export_model is export_model and "export_model" in dir(mobileclip2)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("litert_torch") is None or importlib.util.find_spec("ai_edge_litert") is None,
+    reason="LiteRT is installed on its own, not by any extra (docs/deployment.md)",
+)
+def test_litert_export_runs_in_the_litert_interpreter(tmp_path):
+    result = _tiny_export(tmp_path, format="litert")
+    assert result.text.input_dtype == "int32" and result.image.input_shape == [1, 3, 32, 32]
+    assert result.image.max_abs_diff < TOLERANCE and result.text.max_abs_diff < TOLERANCE
+    assert _listing(tmp_path) == ["tiny.image.tflite", "tiny.litert.json", "tiny.text.tflite"]

@@ -1,8 +1,10 @@
 """LiteRT (formerly TensorFlow Lite): one fp32 ``.tflite`` per tower, for Android's LiteRT runtime.
 
 Converter ``litert_torch.convert(module, (example,))`` -> ``.export(path)``; checked by running the
-model in ``ai_edge_litert``'s interpreter. The text tower takes int32 token ids (an int64 ``argmax``,
-the EOT pooling, does not legalize); the cast to int64 happens inside the graph.
+model in ``ai_edge_litert``'s interpreter. The text tower takes int32 token ids and keeps them int32
+end to end (an int64 ``argmax``, the EOT pooling, does not legalize; torch's embedding and argmax
+accept int32, so the traced graph has no int64 at all). Checked with litert-torch 0.10.0,
+ai-edge-litert 2.3.0 and torch 2.14.1: a tiny CLIP exports with max abs diff < 1e-6.
 
 Not part of the ``mobile`` extra: litert-torch 0.10.0 pulls jax, transformers and pins older
 typing_extensions/anyio than this environment's, so it is installed on its own

@@ -185,7 +185,9 @@ def export_loaded(
         modules: dict[str, nn.Module] = {}
         for tower in TOWERS:
             int32 = tower == "text" and _int32_tokens(format)
-            module = modules[tower] = tower_module(model, tower, normalize, int32_tokens=int32)
+            module = modules[tower] = tower_module(
+                model, tower, normalize, widen_tokens=int32 and format == "coreml"
+            )
             example = geo.example(tower, batch=1)
             example = example.int() if int32 else example
             path = staging / names[tower]

@@ -21,32 +21,33 @@ TOWERS = ("image", "text")
 class TowerModule(nn.Module):
     """``model.encode_image`` or ``model.encode_text`` as a module with a single tensor in and out.
 
-    ``int32_tokens`` casts int32 token ids to int64 inside the graph: LiteRT cannot legalize an
-    int64 ``argmax`` (EOT pooling), so its text tower takes int32 ids.
+    ``widen_tokens`` casts token ids to int64 inside the graph (Core ML takes int32 inputs and
+    converts the cast away); without it int32 ids flow through as they are, which LiteRT needs: it
+    cannot legalize an int64 ``argmax`` (the EOT pooling); torch's embedding and argmax accept int32.
     """
 
-    def __init__(self, model: nn.Module, tower: str, normalize: bool = False, int32_tokens: bool = False):
+    def __init__(self, model: nn.Module, tower: str, normalize: bool = False, widen_tokens: bool = False):
         super().__init__()
         self.model = model
         self.tower = tower
         self.normalize = normalize
-        self.int32_tokens = int32_tokens
+        self.widen_tokens = widen_tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tower == "image":
             return self.model.encode_image(x, normalize=self.normalize)
-        if self.int32_tokens:
+        if self.widen_tokens:
             x = x.long()
         return self.model.encode_text(x, normalize=self.normalize)
 
 
 def tower_module(
-    model: nn.Module, tower: str, normalize: bool = False, int32_tokens: bool = False
+    model: nn.Module, tower: str, normalize: bool = False, widen_tokens: bool = False
 ) -> nn.Module:
     """One tower of ``model`` as an eval-mode module (shares the model's weights)."""
     if tower not in TOWERS:
         raise ValueError(f"unknown tower {tower!r}; expected one of {TOWERS}")
-    return TowerModule(model, tower, normalize, int32_tokens).eval()
+    return TowerModule(model, tower, normalize, widen_tokens).eval()
 
 
 def image_encoder(model: nn.Module, normalize: bool = False) -> nn.Module:
