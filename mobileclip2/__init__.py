@@ -13,10 +13,12 @@ _LAZY_API = {
     "reparameterize": ("mobileclip2.reparam", "reparameterize"),
     "convert_checkpoint": ("mobileclip2.convert", "convert_checkpoint"),
     "optimize": ("mobileclip2.inference", "optimize"),
-    "export": ("mobileclip2.exporting", "export"),
+    "export_model": ("mobileclip2.export.pipeline", "export_model"),
 }
+# `mobileclip2.export` is the export package (one module per format); resolved lazily too.
+_LAZY_MODULES = ("export",)
 
-__all__ = ["__version__", "EXAMPLE_IMAGE", *_LAZY_API]
+__all__ = ["__version__", "EXAMPLE_IMAGE", *_LAZY_API, *_LAZY_MODULES]
 
 
 def _example_image():
@@ -32,12 +34,15 @@ def __getattr__(name: str):
     if name == "EXAMPLE_IMAGE":
         globals()[name] = value = _example_image()
         return value
+
+    import importlib
+
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     try:
         module_name, attr = _LAZY_API[name]
     except KeyError:
         raise AttributeError(f"module 'mobileclip2' has no attribute {name!r}") from None
-    import importlib
-
     value = getattr(importlib.import_module(module_name), attr)
     globals()[name] = value
     return value

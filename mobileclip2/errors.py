@@ -140,3 +140,22 @@ class ReinforceOutputError(MobileCLIP2Error, ValueError):
 
 class ShardStorageError(MobileCLIP2Error, OSError):
     """A shard that cannot be read or written (missing input, failing pipe: command, not a tar file)."""
+
+
+class ExportParityError(MobileCLIP2Error, RuntimeError):
+    """An exported artifact disagrees with PyTorch beyond the tolerance, or an int8 artifact falls
+    below the fidelity threshold; the export is not moved into place."""
+
+
+class ExporterUnavailableError(MobileCLIP2Error, ImportError):
+    """The package that writes or runs a format is not installed."""
+
+    def __init__(self, format: str, package: str, extra: str, cause: BaseException | None = None):
+        self.format = format
+        self.package = package
+        self.extra = extra
+        reason = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+        super().__init__(
+            f"exporting to {format} needs {package}, which is not importable{reason}. "
+            f"Install it with: pip install 'mobileclip2[{extra}]'"
+        )

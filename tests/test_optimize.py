@@ -222,11 +222,11 @@ def test_bad_input_is_a_clear_error():
 
 
 def test_public_api_names_stay_callable_after_importing_the_modules():
-    """`mobileclip2.optimize` / `.export` are functions even once their modules are imported."""
-    import mobileclip2.exporting  # noqa: F401
+    """`mobileclip2.optimize` / `.export_model` are functions even once their modules are imported."""
+    import mobileclip2.export.pipeline  # noqa: F401
     import mobileclip2.inference  # noqa: F401
 
-    assert callable(mobileclip2.optimize) and callable(mobileclip2.export)
+    assert callable(mobileclip2.optimize) and callable(mobileclip2.export_model)
     assert mobileclip2.optimize is optimize
 
 

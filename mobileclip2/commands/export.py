@@ -1,8 +1,8 @@
-"""`mobileclip2 export NAME --pretrained TAG|FILE --format onnx --out DIR`: one ONNX graph per tower.
+"""`mobileclip2 export NAME --pretrained TAG|FILE --format FMT --out DIR [--int8 ...]`: one artifact per tower.
 
-Writes ``NAME.image.onnx`` and ``NAME.text.onnx`` (dynamic batch axis, reparameterized model) and
-``NAME.json`` (preprocessing, tokenizer, embed dim, logit scale, parity) into DIR, then checks
-each graph against PyTorch in onnxruntime and fails (exit 1) above the tolerance.
+Writes ``NAME[.int8].image<suffix>``, ``NAME[.int8].text<suffix>`` and ``NAME[.int8].<format>.json``
+(preprocessing, tokenizer, embed dim, format, precision, sizes, parity or int8 fidelity) into DIR,
+moved into place only after the checks pass (exit 1 otherwise, previous export untouched).
 """
 
 from __future__ import annotations
@@ -10,11 +10,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "Export the image and text towers as separate ONNX graphs with a JSON sidecar and a parity check."
-# Same values as mobileclip2.exporting (kept here so `--help` does not import torch; a test checks).
-FORMATS = ("onnx",)
-DEFAULT_OPSET = 18
-DEFAULT_TOLERANCE = 1e-4
+from mobileclip2.export.constants import (
+    DEFAULT_MIN_COSINE,
+    DEFAULT_OPSET,
+    DEFAULT_TOLERANCE,
+    EXTRA,
+    FORMATS,
+    INT8_FORMATS,
+)
+
+HELP = (
+    "Export the image and text towers (ONNX, ExecuTorch, Core ML, LiteRT; fp32 or int8) with a JSON sidecar."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,10 +31,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="pretrained tag or local checkpoint file (default: none -- random weights, for testing)",
     )
+    extras = ", ".join(f"{f}: mobileclip2[{EXTRA[f]}]" for f in FORMATS)
     parser.add_argument(
-        "--format", default="onnx", help=f"output format: {', '.join(FORMATS)} (default onnx)"
+        "--format", default="onnx", choices=FORMATS, help=f"output format (default onnx; installs: {extras})"
     )
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
+    parser.add_argument(
+        "--int8", action="store_true", help=f"int8 weights and activations ({', '.join(INT8_FORMATS)})"
+    )
+    parser.add_argument(
+        "--calibration-images",
+        metavar="DIR",
+        help="images to calibrate int8 on (recursive; sub-folder names = labels for zero-shot agreement)",
+    )
+    parser.add_argument(
+        "--calibration-captions",
+        metavar="FILE",
+        help="captions to calibrate the int8 text tower on, one per line",
+    )
+    parser.add_argument(
+        "--min-cosine",
+        type=float,
+        default=DEFAULT_MIN_COSINE,
+        help=f"fail an int8 export whose mean cosine to fp32 is below this (default {DEFAULT_MIN_COSINE})",
+    )
     parser.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
     )
@@ -36,41 +63,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tolerance",
         type=float,
         default=DEFAULT_TOLERANCE,
-        help=f"max abs difference onnxruntime vs PyTorch before failing (default {DEFAULT_TOLERANCE:g})",
+        help=f"max abs difference of an fp32 artifact vs PyTorch before failing (default {DEFAULT_TOLERANCE:g})",
     )
-    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    parser.add_argument("--no-check", action="store_true", help="skip the parity / fidelity checks")
     parser.add_argument(
         "--dynamo",
         action="store_true",
-        help="use torch's dynamo-based exporter (needs the onnxscript package)",
+        help="ONNX: use torch's dynamo-based exporter (needs the onnxscript package)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from mobileclip2.errors import MobileCLIP2Error
-    from mobileclip2.exporting import export
+    import warnings
 
+    from mobileclip2.errors import MobileCLIP2Error
+    from mobileclip2.export import export_model
+
+    options = {"opset": args.opset, "dynamo": args.dynamo} if args.format == "onnx" else {}
     try:
-        result = export(
-            args.name,
-            args.out,
-            pretrained=args.pretrained,
-            format=args.format,
-            opset=args.opset,
-            normalize=args.normalize,
-            check=not args.no_check,
-            tolerance=args.tolerance,
-            dynamo=args.dynamo,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            result = export_model(
+                args.name,
+                args.out,
+                pretrained=args.pretrained,
+                format=args.format,
+                int8=args.int8,
+                calibration_images=args.calibration_images,
+                calibration_captions=args.calibration_captions,
+                normalize=args.normalize,
+                check=not args.no_check,
+                tolerance=args.tolerance,
+                min_cosine=args.min_cosine,
+                **options,
+            )
     except (MobileCLIP2Error, FileNotFoundError, ValueError, ImportError) as error:
         print(f"mobileclip2 export: error: {error}", file=sys.stderr)
         return 1
+    for warning in caught:
+        if "UNMEASURED" in str(warning.message):
+            print(f"mobileclip2 export: warning: {warning.message}", file=sys.stderr)
     for tower in (result.image, result.text):
-        diff = (
-            "not checked"
-            if tower.max_abs_diff is None
-            else f"max abs diff vs PyTorch {tower.max_abs_diff:.2e}"
+        if tower.fidelity:
+            held = tower.fidelity.get("held_out")
+            check = f"int8 cosine to fp32 {tower.fidelity['calibration']['mean']:.4f} (calibration)" + (
+                f", {held['mean']:.4f} (held out)" if held else ""
+            )
+        elif tower.structure:
+            check = "structure checked (numerics need macOS, see docs/deployment.md)"
+        elif tower.max_abs_diff is not None:
+            check = f"max abs diff vs PyTorch {tower.max_abs_diff:.2e}"
+        else:
+            check = "not checked"
+        size = tower.size_bytes / 2**20
+        print(
+            f"wrote  {tower.path}  ({tower.input_name} {tower.input_shape} {tower.input_dtype} -> "
+            f"{tower.output_name}; {size:.1f} MiB; {check})"
         )
-        print(f"wrote  {tower.path}  ({tower.input_name} {tower.input_shape} -> {tower.output_name}; {diff})")
     print(f"wrote  {result.config_path}  (preprocessing, tokenizer, embed dim {result.config['embed_dim']})")
     return 0

@@ -1,0 +1,310 @@
+"""On-device runtimes on this CPU: size on disk and batch-1 latency per tower, 1 and 2 threads.
+
+    python benchmarks/ondevice.py                       # MobileCLIP2-S0, MobileCLIP-S0, MobileCLIP2-S4
+    python benchmarks/ondevice.py --models MobileCLIP2-S0 --rounds 30
+
+Runtimes per tower: PyTorch eager as a plain open_clip + timm user runs it (``upstream``:
+``timm.utils.reparameterize_model``), :func:`mobileclip2.optimize`, ONNX Runtime fp32 and int8
+(QDQ U8S8), ExecuTorch XNNPACK fp32 and int8 (PT2E) -- the artifacts ``mobileclip2 export`` writes
+(parity-checked while exporting). Random weights (latency does not depend on their values); the
+int8 artifacts are calibrated on synthetic inputs, so their fidelity here says nothing (see
+docs/deployment.md).
+
+Method: artifacts are exported once per model in this process; each (model, thread count) is then
+timed in a fresh worker process (ExecuTorch's threadpool is sized once, before the first program
+loads). In the worker every runtime is checked against ``upstream`` first (fp32: max abs diff, int8:
+cosine), then timed round-robin, one call each per round (a slow spell of the shared machine hits
+all of them); ONNX Runtime runs with thread spinning off so its threads never bleed into the next
+runtime's timing. Reported: median ms, and the median over rounds of the per-round ratio
+upstream / runtime (speed-up). The results section of docs/benchmarks.md is rewritten by this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- ondevice:begin -->", "<!-- ondevice:end -->"
+MODELS = ("MobileCLIP2-S0", "MobileCLIP-S0", "MobileCLIP2-S4")
+RUNTIMES = ("upstream", "optimize", "ort-fp32", "ort-int8", "et-fp32", "et-int8")
+LABELS = {
+    "upstream": "PyTorch eager (open_clip + timm reparameterize_model)",
+    "optimize": "`mobileclip2.optimize`",
+    "ort-fp32": "ONNX Runtime fp32",
+    "ort-int8": "ONNX Runtime int8 (QDQ U8S8)",
+    "et-fp32": "ExecuTorch XNNPACK fp32",
+    "et-int8": "ExecuTorch XNNPACK int8",
+}
+ARTIFACTS = {
+    "ort-fp32": ("onnx", False),
+    "ort-int8": ("onnx", True),
+    "et-fp32": ("executorch", False),
+    "et-int8": ("executorch", True),
+}
+
+
+def _model(name: str):
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    return open_clip.create_model(name).eval()
+
+
+def export_all(name: str, directory: Path) -> dict[str, dict]:
+    """Every artifact of ``name`` into ``directory``; returns the sidecars by runtime."""
+    from mobileclip2.export import export_loaded
+
+    model = _model(name)
+    sidecars = {}
+    for runtime, (format, int8) in ARTIFACTS.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore"
+            )  # synthetic calibration: the unmeasured-fidelity warning is expected
+            result = export_loaded(
+                model,
+                directory,
+                name=name,
+                preprocess_cfg=dict(model.visual.preprocess_cfg),
+                format=format,
+                int8=int8,
+                min_cosine=None,
+            )
+        sidecars[runtime] = result.config
+        print(f"  exported {runtime}", flush=True)
+    return sidecars
+
+
+def worker(name: str, directory: Path, threads: int, rounds: int) -> dict:
+    """Check then time every runtime of ``name`` at ``threads`` threads (runs in its own process)."""
+    import numpy as np
+    import torch
+
+    import mobileclip2
+    from mobileclip2.benchmarking import median_ratio, paired_samples, tower_inputs, upstream_model
+    from mobileclip2.export import executorch, onnx
+    from mobileclip2.export.parity import cosines
+
+    torch.set_num_threads(threads)
+    model = _model(name)
+    upstream = upstream_model(model)
+    fast = mobileclip2.optimize(model)
+    inputs = tower_inputs(model, batch=1)
+    out: dict = {"towers": {}}
+    for tower in ("image", "text"):
+        x = inputs[tower]
+        encode = {"upstream": upstream, "optimize": fast}
+        with torch.no_grad():
+            want = getattr(upstream, f"encode_{tower}")(x).numpy()
+        runners, checks = {}, {}
+        for runtime in RUNTIMES:
+            if runtime in encode:
+                fn = getattr(encode[runtime], f"encode_{tower}")
+                run = lambda fn=fn, x=x: fn(x)  # noqa: E731
+                with torch.no_grad():
+                    got = fn(x).numpy()
+            else:
+                format, int8 = ARTIFACTS[runtime]
+                stem = f"{name}.int8" if int8 else name
+                suffix = ".onnx" if format == "onnx" else ".pte"
+                load = onnx.load if format == "onnx" else executorch.load
+                session = load(directory / f"{stem}.{tower}{suffix}", threads)
+                array = x.numpy()
+                run = lambda session=session, array=array: session(array)  # noqa: E731
+                got = run()
+            if runtime.endswith("int8"):
+                checks[runtime] = {"cosine": float(cosines(got, want).min())}
+                assert checks[runtime]["cosine"] > 0.9, (name, tower, runtime, checks[runtime])
+            else:
+                checks[runtime] = {"max_abs_diff": float(np.abs(got - want).max())}
+                assert checks[runtime]["max_abs_diff"] < 1e-3, (name, tower, runtime, checks[runtime])
+            runners[runtime] = run
+        with torch.no_grad():
+            samples = paired_samples(runners, rounds=rounds, warmup=3)
+        base = samples["upstream"]
+        out["towers"][tower] = {
+            runtime: {
+                "ms": 1e3 * statistics.median(times),
+                "speedup": median_ratio(base, times),
+                **checks[runtime],
+            }
+            for runtime, times in samples.items()
+        }
+    return out
+
+
+def _eager_bytes(name: str) -> dict[str, int]:
+    from mobileclip2.benchmarking import upstream_model
+
+    model = upstream_model(_model(name))
+    towers = {"image": model.visual, "text": getattr(model, "text", None)}
+    sizes = {}
+    for tower, module in towers.items():
+        if module is None:  # open_clip's built-in text tower lives on the CLIP module itself
+            params = [p for n, p in model.named_parameters() if not n.startswith("visual.")]
+        else:
+            params = list(module.parameters())
+        sizes[tower] = sum(p.numel() * p.element_size() for p in params)
+    return sizes
+
+
+def section(results: dict, meta: dict) -> str:
+    lines = [
+        BEGIN,
+        "## On-device runtimes: size and batch-1 latency per tower (CPU)",
+        "",
+        f"Measured {meta['date']} with `{meta['command']}` (regenerates this section).",
+        "",
+        f"- device: {meta['cpu']}, {meta['cores']} cores visible; `uptime` before/after: {meta['uptime_before']} / "
+        f"{meta['uptime_after']} (the machine is shared: absolute ms are noisy, ratios less so)",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
+        "- method: each (model, threads) timed in a fresh process; runtimes round-robin, one call each per "
+        f"round, {meta['rounds']} rounds after 3 warm-up; ONNX Runtime thread spinning off; speed-up = median "
+        "over rounds of upstream time / runtime time. Random weights; int8 calibrated on synthetic inputs "
+        "(latency and size only; fidelity: docs/deployment.md). Every runtime is checked against upstream "
+        "before timing (fp32 max abs diff < 1e-3, int8 cosine > 0.9).",
+        "- size: on-disk artifact; for the PyTorch rows, fp32 parameter bytes of the tower.",
+        "",
+    ]
+    for name, result in results.items():
+        lines += [f"### {name}", ""]
+        header = "| tower | runtime | size MB |"
+        rule = "|---|---|---:|"
+        for t in meta["threads"]:
+            header += f" {t} thr ms | {t} thr speed-up |"
+            rule += "---:|---:|"
+        lines += [header, rule]
+        for tower in ("image", "text"):
+            for runtime in RUNTIMES:
+                size = (
+                    result["sizes"][tower]
+                    if runtime in ("upstream", "optimize")
+                    else result["artifacts"][runtime][tower]
+                )
+                row = f"| {tower} | {LABELS[runtime]} | {size / 1e6:.1f} |"
+                for t in meta["threads"]:
+                    cell = result["timing"][str(t)]["towers"][tower][runtime]
+                    row += f" {cell['ms']:.1f} | {cell['speedup']:.2f}x |"
+                lines.append(row)
+        lines.append("")
+        lines += _targets(name, result, meta["threads"])
+        lines.append("")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def _targets(name: str, result: dict, threads: list[int]) -> list[str]:
+    """The issue's targets, stated with the measured numbers (1 thread)."""
+    t = str(threads[0])
+    image = result["timing"][t]["towers"]["image"]
+    out = []
+    for runtime in ("et", "ort"):
+        fp32, int8 = image[f"{runtime}-fp32"], image[f"{runtime}-int8"]
+        speed = fp32["ms"] / int8["ms"]
+        size = (
+            result["artifacts"][f"{runtime}-int8"]["image"] / result["artifacts"][f"{runtime}-fp32"]["image"]
+        )
+        met = "met" if speed >= 1.5 and size <= 1 / 3 else "not met"
+        out.append(
+            f"- {name} image tower int8 vs fp32 ({LABELS[runtime + '-fp32'].rsplit(' ', 1)[0]}, {t} thread): "
+            f"**{speed:.2f}x** faster at **{size:.2f}x** the size (target >= 1.5x at <= 0.33x: {met})"
+        )
+    for tower in ("image", "text"):
+        cell = result["timing"][t]["towers"][tower]
+        ratio = cell["et-fp32"]["ms"] / cell["optimize"]["ms"]
+        out.append(
+            f"- {name} {tower} tower ExecuTorch fp32 / `mobileclip2.optimize` time: **{ratio:.2f}x** "
+            f"(target <= 1.2x: {'met' if ratio <= 1.2 else 'not met'})"
+        )
+    return out
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--worker", nargs=3, metavar=("MODEL", "DIR", "THREADS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        name, directory, threads = args.worker
+        print(json.dumps(worker(name, Path(directory), int(threads), args.rounds)))
+        return 0
+
+    from _support import cpu_description, write_doc_section
+
+    from mobileclip2.benchmarking import package_versions
+    from mobileclip2.export.sidecar import artifact_size
+
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python benchmarks/ondevice.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "cpu": cpu_description(),
+        "cores": os.cpu_count(),
+        "uptime_before": _uptime(),
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "versions": package_versions(
+            "open_clip_torch", "timm", "onnxruntime", "executorch", "torchao", "mobileclip2"
+        ),
+    }
+    results = {}
+    for name in args.models:
+        print(f"{name}: exporting", flush=True)
+        with tempfile.TemporaryDirectory(prefix="mobileclip2-ondevice-") as tmp:
+            directory = Path(tmp)
+            sidecars = export_all(name, directory)
+            result = {
+                "sizes": _eager_bytes(name),
+                "artifacts": {
+                    runtime: {t: artifact_size(directory / config[t]["file"]) for t in ("image", "text")}
+                    for runtime, config in sidecars.items()
+                },
+                "timing": {},
+            }
+            for threads in args.threads:
+                print(f"{name}: timing at {threads} thread(s)", flush=True)
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--rounds",
+                    str(args.rounds),
+                    "--worker",
+                    name,
+                    tmp,
+                    str(threads),
+                ]
+                done = subprocess.run(
+                    command,
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                )
+                if done.returncode:
+                    raise SystemExit(f"worker failed for {name} at {threads} threads:\n{done.stderr[-4000:]}")
+                result["timing"][str(threads)] = json.loads(done.stdout.strip().splitlines()[-1])
+        results[name] = result
+    meta["uptime_after"] = _uptime()
+    text = section(results, meta)
+    write_doc_section(args.doc, BEGIN, END, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
