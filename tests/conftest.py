@@ -61,3 +61,16 @@ def train_workspace(tmp_path_factory) -> dict:
     from train_support import build_workspace
 
     return build_workspace(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread, as every torchrun rank gets (OMP_NUM_THREADS=1), and faster than two
+    spinning OpenMP threads on a shared 2-core machine. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,7 +18,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-import torch
 from train_support import (
     COCA_CONFIG,
     brace,
@@ -40,13 +39,7 @@ from mobileclip2.train.teachers import TeacherEnsemble
 NAMES = [f"{index:05d}.tar" for index in range(4)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread, as every torchrun rank gets (OMP_NUM_THREADS=1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,14 +30,7 @@ from mobileclip2.train.data import (
 from mobileclip2.train.reinforce import read_shard
 from mobileclip2.train.teachers import TeacherEnsemble, member_input, parse_teacher_specs
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster than two spinning OpenMP threads on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
