@@ -206,49 +206,30 @@ class OnnxTowers:
     non-spinning intra-op threads (the thread count torch uses), checked against the model."""
 
     def __init__(self, model: nn.Module, inputs: dict[str, torch.Tensor], threads: int):
-        import warnings
-
         import numpy as np
-        import onnxruntime as ort
         import torch
 
-        from .compat.torch_ops import mha_fastpath_disabled
+        from .export import onnx
 
         self._dir = tempfile.TemporaryDirectory(prefix="mobileclip2-bench-")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.sessions = {}
+        self.runs: dict[str, Callable[[Any], Any]] = {}
         self.max_abs_diff = {}
         for tower in ("image", "text"):
             path = f"{self._dir.name}/{tower}.onnx"
             example = inputs[tower][:1]
-            with torch.no_grad(), mha_fastpath_disabled(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # TorchScript exporter deprecation notes
-                torch.onnx.export(
-                    _encoder_module(model, tower),
-                    (example,),
-                    path,
-                    input_names=["input"],
-                    output_names=["embedding"],
-                    dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
-                    dynamo=False,
-                )
-            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-            self.sessions[tower] = session
+            onnx.write(_encoder_module(model, tower), example, path, tower)
+            self.runs[tower] = run = onnx.load(path, threads)  # non-spinning session, torch's threads
             with torch.inference_mode():
                 expected = (model.encode_image if tower == "image" else model.encode_text)(example).numpy()
-            got = session.run(None, {"input": example.numpy()})[0]
-            self.max_abs_diff[tower] = float(np.abs(got - expected).max())
+            self.max_abs_diff[tower] = float(np.abs(run(example.numpy()) - expected).max())
 
     def runner(self, tower: str, inputs: torch.Tensor) -> Callable[[], Any]:
-        session = self.sessions["image" if tower == "image" else "text"]
-        feed = {"input": inputs.numpy()}
-        return lambda: session.run(None, feed)
+        run = self.runs["image" if tower == "image" else "text"]
+        array = inputs.numpy()
+        return lambda: run(array)
 
     def close(self) -> None:
-        self.sessions.clear()
+        self.runs.clear()
         self._dir.cleanup()
 
 
