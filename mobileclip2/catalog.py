@@ -24,16 +24,18 @@ def natural_key(name: str) -> list:
 DEFAULT_IMAGE_SIZE = 224
 
 
-def image_height_width(source: Any) -> tuple[int, int]:
+def image_height_width(source: Any, preprocess_cfg: dict[str, Any] | None = None) -> tuple[int, int]:
     """(height, width) of the images a model takes: the one place that reads image sizes.
 
     ``source`` is an open_clip model (its visual tower's ``preprocess_cfg["size"]``, else
-    ``visual.image_size``) or a model config dict (``vision_cfg.image_size``). Sizes are ints or
-    (height, width) pairs in open_clip; both come back as a pair.
+    ``visual.image_size``) or a model config dict (``vision_cfg.image_size``). An explicit
+    ``preprocess_cfg`` (what an export or a transform was asked to use) wins over both. Sizes are
+    ints or (height, width) pairs in open_clip; both come back as a pair.
     """
-    if isinstance(source, dict):
+    size = (preprocess_cfg or {}).get("size")
+    if size is None and isinstance(source, dict):
         size = source.get("vision_cfg", {}).get("image_size", DEFAULT_IMAGE_SIZE)
-    else:
+    elif size is None:
         visual = getattr(source, "visual", source)
         size = (getattr(visual, "preprocess_cfg", None) or {}).get("size") or getattr(
             visual, "image_size", DEFAULT_IMAGE_SIZE

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .catalog import image_height_width
 from .compat import torch_ops
 from .compat.block_types import block_types
 from .models.mci import fuse_bn
@@ -538,12 +539,9 @@ def _supported_conv(conv: nn.Conv2d) -> bool:
 
 def example_inputs(model: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """A batch-1 image and token tensor of the sizes an open_clip model expects (None if unknown)."""
-    visual = getattr(model, "visual", None)
-    size = (getattr(visual, "preprocess_cfg", None) or {}).get("size") or getattr(visual, "image_size", None)
     image = None
-    if size is not None:
-        height, width = (size, size) if isinstance(size, int) else tuple(size)[-2:]
-        image = torch.zeros(1, 3, height, width)
+    if getattr(model, "visual", None) is not None:
+        image = torch.zeros(1, 3, *image_height_width(model))
     text_tower = getattr(model, "text", model)
     context = getattr(text_tower, "context_length", None) or getattr(model, "context_length", None)
     text = None if context is None else torch.zeros(1, context, dtype=torch.long)

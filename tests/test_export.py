@@ -276,3 +276,22 @@ def test_litert_export_runs_in_the_litert_interpreter(tmp_path):
     assert result.text.input_dtype == "int32" and result.image.input_shape == [1, 3, 32, 32]
     assert result.image.max_abs_diff < TOLERANCE and result.text.max_abs_diff < TOLERANCE
     assert _listing(tmp_path) == ["tiny.image.tflite", "tiny.litert.json", "tiny.text.tflite"]
+
+
+def test_every_image_size_reader_agrees_with_the_catalog_helper():
+    """Export geometry, optimize's example inputs and the catalog read image sizes in one place;
+    an explicit preprocess size (what the export was asked for) wins over the model's own."""
+    from mobileclip2.catalog import image_height_width
+    from mobileclip2.export.towers import geometry
+    from mobileclip2.inference import example_inputs
+
+    model = tiny_clip()
+    model.visual.preprocess_cfg = {**TINY_PREPROCESS, "size": (24, 40)}
+    assert image_height_width(model) == (24, 40)
+    assert example_inputs(model)[0].shape == (1, 3, 24, 40)
+    geo = geometry(model, model.visual.preprocess_cfg)
+    assert (geo.height, geo.width) == (24, 40)
+    assert image_height_width(model, {"size": 48}) == (48, 48)
+    assert (geometry(model, {"size": [16, 32]}).height, geometry(model, {"size": [16, 32]}).width) == (16, 32)
+    assert image_height_width({"vision_cfg": {"image_size": 256}}) == (256, 256)
+    assert image_height_width({"vision_cfg": {}}) == (224, 224)  # open_clip's default

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..catalog import image_height_width
+
 TOWERS = ("image", "text")
 
 
@@ -92,8 +94,7 @@ class Geometry:
 
 
 def geometry(model: nn.Module, preprocess_cfg: dict[str, Any]) -> Geometry:
-    size = preprocess_cfg.get("size") or getattr(model.visual, "image_size", 224)
-    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    height, width = image_height_width(model, preprocess_cfg)
     text = getattr(model, "text", model)
     context = int(getattr(text, "context_length", None) or getattr(model, "context_length", 77))
     vocab = int(getattr(text, "vocab_size", None) or getattr(model, "vocab_size", 49408))

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..catalog import image_height_width
 from ..errors import TeacherError
-from .augment import as_height_width
 
 __all__ = ["TeacherEnsemble", "TeacherError", "parse_teacher_specs"]
 
@@ -94,7 +94,7 @@ def load_member(
         pretrained=pretrained,
         model=model,
         tokenizer=tokenizer,
-        size=as_height_width(cfg["size"]),
+        size=image_height_width(model),
         mean=tuple(cfg["mean"]),
         std=tuple(cfg["std"]),
         dim=dim,
