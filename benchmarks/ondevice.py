@@ -22,6 +22,7 @@ upstream / runtime (speed-up). The results section of docs/benchmarks.md is rewr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -61,12 +62,23 @@ def _model(name: str):
 
 
 def export_all(name: str, directory: Path) -> dict[str, dict]:
-    """Every artifact of ``name`` into ``directory``; returns the sidecars by runtime."""
+    """Every artifact of ``name`` into ``directory``; returns the sidecars by runtime.
+
+    An artifact whose sidecar is already in ``directory`` (``--workdir`` of an earlier run, e.g.
+    ``--export-only`` while the machine was busy) is reused: the export pipeline writes a sidecar
+    only after its artifacts passed their checks, so a sidecar means complete artifacts.
+    """
     from mobileclip2.export import export_loaded
+    from mobileclip2.export.pipeline import file_names
 
     model = _model(name)
     sidecars = {}
     for runtime, (format, int8) in ARTIFACTS.items():
+        existing = directory / file_names(name, format, int8)["sidecar"]
+        if existing.is_file():
+            sidecars[runtime] = json.loads(existing.read_text(encoding="utf-8"))
+            print(f"  reusing {runtime} ({existing.name})", flush=True)
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter(
                 "ignore"
@@ -239,8 +251,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the exported artifacts here and reuse those already there (default: a temporary folder)",
+    )
+    parser.add_argument(
+        "--export-only",
+        action="store_true",
+        help="export into --workdir and stop (time later, on an idle machine, with the same --workdir)",
+    )
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "DIR", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.export_only and args.workdir is None:
+        parser.error("--export-only needs --workdir (where the artifacts are kept for the timing run)")
     if args.worker:
         name, directory, threads = args.worker
         print(json.dumps(worker(name, Path(directory), int(threads), args.rounds)))
@@ -266,9 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name in args.models:
         print(f"{name}: exporting", flush=True)
-        with tempfile.TemporaryDirectory(prefix="mobileclip2-ondevice-") as tmp:
+        with contextlib.ExitStack() as stack:
+            if args.workdir is None:
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="mobileclip2-ondevice-"))
+            else:
+                tmp = str(args.workdir / name)
             directory = Path(tmp)
+            directory.mkdir(parents=True, exist_ok=True)
             sidecars = export_all(name, directory)
+            if args.export_only:
+                continue
             result = {
                 "sizes": _eager_bytes(name),
                 "artifacts": {
@@ -299,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"worker failed for {name} at {threads} threads:\n{done.stderr[-4000:]}")
                 result["timing"][str(threads)] = json.loads(done.stdout.strip().splitlines()[-1])
         results[name] = result
+    if args.export_only:
+        return 0
     meta["uptime_after"] = _uptime()
     text = section(results, meta)
     write_doc_section(args.doc, BEGIN, END, text)
