@@ -1,5 +1,5 @@
-"""The startup hook: names appear on a plain `import open_clip`, in regular and editable installs,
-cost almost nothing at interpreter start, can be switched off, and survive a broken plugin."""
+"""The startup hook: names appear on a plain `import open_clip`, in regular (wheel) and editable
+installs (with every model config as package data), cost almost nothing at interpreter start, can be switched off, and survive a broken plugin."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -149,26 +150,50 @@ def _clean_copy(destination: Path) -> Path:
     return destination
 
 
+CONFIG_PROBE = (
+    "import json; from importlib import resources; from mobileclip2.plugin import config_files; "
+    "print(json.dumps([sorted(p.name for p in config_files()), "
+    "sorted(e.name for e in resources.files('mobileclip2.model_configs').iterdir() "
+    "if e.name.endswith('.json'))]))"
+)
+
+
+def _shipped_configs() -> list[str]:
+    return sorted(path.name for path in (REPO_ROOT / "model_configs").glob("*.json"))
+
+
+def _wheel(source: Path, dist: Path) -> Path:
+    """Build the wheel a regular install gets, and check that it ships every config as package data
+    (model_configs/ is a top-level folder of the checkout, mobileclip2/model_configs/ in the wheel)."""
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist)]
+    subprocess.run([*build, str(source)], check=True, capture_output=True)
+    (wheel,) = dist.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    prefix = "mobileclip2/model_configs/"
+    shipped = sorted(n[len(prefix) :] for n in names if n.startswith(prefix) and n.endswith(".json"))
+    assert shipped == _shipped_configs() and len(shipped) >= 14
+    assert not any(n.startswith("model_configs/") for n in names)  # no stray top-level package
+    return wheel
+
+
 @pytest.mark.parametrize("editable", [False, True], ids=["regular", "editable"])
 def test_install_modes_register_on_plain_import(tmp_path, editable):
+    """Both install modes: the hook registers on a plain `import open_clip`, every model config is
+    found as package data, the switch works, and an editable install whose checkout is gone stays
+    silent."""
     python = _venv_with_shared_site_packages(tmp_path / "venv")
     source = _clean_copy(tmp_path / "src")
-    install = [
-        sys.executable,
-        "-m",
-        "pip",
-        "--python",
-        str(python),
-        "install",
-        "--quiet",
-        "--no-deps",
-        "--no-build-isolation",
-    ] + (["-e", str(source)] if editable else [str(source)])
-    subprocess.run(install, check=True, capture_output=True, cwd=tmp_path)
+    target = ["-e", str(source)] if editable else [str(_wheel(source, tmp_path / "dist"))]
+    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps"]
+    subprocess.run([*install, "--no-build-isolation", *target], check=True, capture_output=True, cwd=tmp_path)
     where = _python(["-c", "import mobileclip2; print(mobileclip2.__file__)"], python=str(python))
     assert Path(where.stdout.strip()).is_relative_to(source if editable else tmp_path / "venv")
     assert _probe(python=str(python)) == {"s3": True, "tags": ["datacompdr"], "plugin_loaded": True}
     assert _probe(python=str(python), env_extra={"MOBILECLIP2_AUTOLOAD": "0"})["s3"] is False
+    configs = _python(["-c", CONFIG_PROBE], python=str(python))
+    assert configs.returncode == 0, configs.stderr[-2000:]
+    expected = _shipped_configs()
+    assert json.loads(configs.stdout.strip().splitlines()[-1]) == [expected, expected]
     if editable:
         # The checkout goes away but the .pth stays: every Python start must stay silent.
         shutil.rmtree(source)
