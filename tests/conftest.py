@@ -12,6 +12,35 @@ import pytest
 from temp_dirs import SESSION_DIR_PREFIX
 
 
+def _threads_per_worker() -> int | None:
+    """Under pytest-xdist, each worker gets its share of the cores (2 workers on 2 cores: 1 thread
+    each). Why: torch sizes its pool to every core, and two workers' OpenMP pools spinning on the
+    same cores run slower than one. None when not under xdist."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def pytest_configure(config):
+    threads = _threads_per_worker()
+    if threads is not None and "PYTEST_XDIST_WORKER" in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # subprocesses (torchrun ranks, workers) too
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep each module on one xdist worker (``--dist loadgroup``): most modules share an expensive
+    module fixture (a reference bundle, an export, a training workspace). A module whose tests are
+    independent and long sets ``XDIST_PER_TEST = True`` and its tests spread over the workers."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and not getattr(module, "XDIST_PER_TEST", False):
+            item.add_marker(pytest.mark.xdist_group(module.__name__))
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     import torch
