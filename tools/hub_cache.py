@@ -41,6 +41,16 @@ def place_file(cache_dir: Path, repo_id: str, filename: str, source: Path) -> Pa
     return target
 
 
+def remove_file(cache_dir: Path, repo_id: str, filename: str) -> None:
+    """Take `repo_id/filename` out of the cache again (the counterpart of place_file); absent is fine.
+
+    Why: full-size weights are placed one model at a time and removed before the next, so the
+    cache never holds more than one model's file.
+    """
+    target = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}" / "snapshots" / FAKE_COMMIT / filename
+    target.unlink(missing_ok=True)
+
+
 def write_state_dict(cache_dir: Path, repo_id: str, filename: str, state_dict: dict) -> Path:
     """Serialize `state_dict` as the file type its name implies (safetensors or torch pickle)."""
     target = snapshot_dir(cache_dir, repo_id) / filename
