@@ -155,33 +155,37 @@ def build_reference_group(
     backbone = open_clip.get_model_config(first)["vision_cfg"]["timm_model_name"]
     reference_group = ReferenceGroup(entries=[], weights=weights, cache=cache)
     probe = Image.open(probe_path).convert("RGB")
-    for name, tag in group:
-        cfg = open_clip.get_pretrained_cfg(name, tag)
-        transform = open_clip.image_transform(
-            size,
-            is_train=False,
-            mean=cfg["mean"],
-            std=cfg["std"],
-            resize_mode=cfg["resize_mode"],
-            interpolation=cfg["interpolation"],
-        )
-        reference_path = root / f"{name}.ref.pt"
-        torch.save(dict(outputs, pixels=transform(probe)), reference_path)
-        reference_group.references.append(reference_path)
-        location = hub_location(cfg)
-        place_file(cache, *location, weights)
-        reference_group.hub_files.append(location)
-        reference_group.entries.append(
-            dict(
-                name=name,
-                tag=tag,
-                reference=str(reference_path),
-                captions=CAPTIONS,
-                probe_image=str(probe_path),
-                backbone=backbone,
-                transform=worker.describe_transform(transform),
+    try:  # a failure part way leaves nothing of the group behind
+        for name, tag in group:
+            cfg = open_clip.get_pretrained_cfg(name, tag)
+            transform = open_clip.image_transform(
+                size,
+                is_train=False,
+                mean=cfg["mean"],
+                std=cfg["std"],
+                resize_mode=cfg["resize_mode"],
+                interpolation=cfg["interpolation"],
             )
-        )
+            reference_path = root / f"{name}.ref.pt"
+            reference_group.references.append(reference_path)
+            torch.save(dict(outputs, pixels=transform(probe)), reference_path)
+            location = hub_location(cfg)
+            reference_group.hub_files.append(location)
+            place_file(cache, *location, weights)
+            reference_group.entries.append(
+                dict(
+                    name=name,
+                    tag=tag,
+                    reference=str(reference_path),
+                    captions=CAPTIONS,
+                    probe_image=str(probe_path),
+                    backbone=backbone,
+                    transform=worker.describe_transform(transform),
+                )
+            )
+    except BaseException:
+        reference_group.remove()
+        raise
     return reference_group
 
 
