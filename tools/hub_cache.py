@@ -20,8 +20,12 @@ from compat_env import run_python
 FAKE_COMMIT = hashlib.sha1(b"mobileclip2 test snapshot").hexdigest()
 
 
+def _repo_dir(cache_dir: Path, repo_id: str) -> Path:
+    return Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+
+
 def snapshot_dir(cache_dir: Path, repo_id: str) -> Path:
-    repo_dir = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+    repo_dir = _repo_dir(cache_dir, repo_id)
     (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
     (repo_dir / "refs" / "main").write_text(FAKE_COMMIT)
     snapshot = repo_dir / "snapshots" / FAKE_COMMIT
@@ -39,6 +43,15 @@ def place_file(cache_dir: Path, repo_id: str, filename: str, source: Path) -> Pa
     except OSError:
         shutil.copyfile(source, target)
     return target
+
+
+def remove_file(cache_dir: Path, repo_id: str, filename: str) -> None:
+    """Take `repo_id/filename` out of the cache again (the counterpart of place_file); absent is fine.
+
+    Why: full-size weights are placed one model at a time and removed before the next, so the
+    cache never holds more than one model's file.
+    """
+    (_repo_dir(cache_dir, repo_id) / "snapshots" / FAKE_COMMIT / filename).unlink(missing_ok=True)
 
 
 def write_state_dict(cache_dir: Path, repo_id: str, filename: str, state_dict: dict) -> Path:

@@ -7,7 +7,8 @@ Each pair is installed once with `pip install --no-deps --target .cache/compat/.
 one shared torch (tools/compat_env.py). References come from this interpreter's open_clip/timm
 (the newest pair); each pair then builds every name through its own factory, loading the
 reference weights through the name's pretrained tag from an offline Hub cache, and is compared
-with the reference (tools/equivalence_support.py). Pairs whose open_clip declares a timm
+with the reference (tools/equivalence_support.py). Pairs run two at a time (two worker processes,
+one model's weights on disk), which bounds memory and disk. Pairs whose open_clip declares a timm
 requirement the timm version violates are the pairs pip itself refuses; they are listed, not run.
 """
 
@@ -26,10 +27,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Siblings in tools/ (the script's own directory is first on sys.path when run as a file).
 from compat_env import ensure_pair  # noqa: E402
-from equivalence_support import build_reference_bundle, default_cases, problems, run_worker  # noqa: E402
+from equivalence_support import Candidate, default_cases, problems, run_equivalence  # noqa: E402
 
 OPEN_CLIP_VERSIONS = ["2.24.0", "2.26.1", "2.29.0", "2.32.0", "3.0.0", "3.1.0", "3.2.0", "3.3.0"]
 TIMM_VERSIONS = ["0.9.16", "1.0.9", "1.0.19", "1.0.31"]
+PAIRS_AT_ONCE = 2  # concurrent workers: each holds one model (up to ~2 GB for L-14 / S4) in memory
 
 
 def timm_requirement(open_clip_version: str, timm_version: str) -> str:
@@ -132,17 +134,19 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     refused = {pair: reason for pair in pairs if (reason := pip_refuses(*pair))}
     results = {}
-    with tempfile.TemporaryDirectory(prefix="mobileclip2-matrix-") as tmp:
-        bundle = build_reference_bundle(Path(tmp), cases)
-        for pair in pairs:
-            if pair in refused:
-                continue
-            print(f"== open_clip {pair[0]} + timm {pair[1]}", flush=True)
+    runnable = [pair for pair in pairs if pair not in refused]
+    for start in range(0, len(runnable), PAIRS_AT_ONCE):
+        batch = runnable[start : start + PAIRS_AT_ONCE]
+        print("== " + ", ".join(f"open_clip {oc} + timm {tm}" for oc, tm in batch), flush=True)
+        with tempfile.TemporaryDirectory(prefix="mobileclip2-matrix-") as tmp:
+            run = run_equivalence(Path(tmp), cases, [Candidate(pair) for pair in batch])
+        for pair in batch:
             try:
-                run = run_worker(bundle, pair, force_backfill=False)
-                results[pair] = {name: cell(run["models"][name], bundle["entries"][name]) for name in models}
+                per_model = run.result(Candidate(pair))["models"]
+                results[pair] = {name: cell(per_model[name], run.entries[name]) for name in models}
             except Exception as exc:  # noqa: BLE001 - a broken pair is a table row, not a crash
                 results[pair] = {name: ("FAIL", str(exc)[:300]) for name in models}
+            print(f"-- open_clip {pair[0]} + timm {pair[1]}", flush=True)
             for name in models:
                 print(f"   {name:<26} {' '.join(results[pair][name]).strip()}", flush=True)
     seconds = time.perf_counter() - started

@@ -1,12 +1,23 @@
 """Build each model by name through open_clip's factory and compare it with saved references.
 
-Run by tests/test_equivalence.py in a subprocess, under either
+A persistent worker started by tools/equivalence_support.py (for tests/test_equivalence.py and
+tools/matrix.py), under either
   * the newest pair (open_clip 3.3.0 + timm 1.0.31) with ``--force-backfill``: our configs,
     tags and timm backbones replace upstream's own, or
-  * the oldest pair (open_clip 2.24.0 + timm 0.9.16), where ours are the only definitions.
+  * another pair such as the oldest (open_clip 2.24.0 + timm 0.9.16), where ours are the only
+    definitions.
 Each model loads its reference weights through its *pretrained tag* from an offline Hugging
-Face cache, so the tag table, the download path and strict loading are exercised too. The
-script prints nothing but a JSON result file; the parent test asserts on it.
+Face cache, so the tag table, the download path and strict loading are exercised too.
+
+Protocol (why: the driver keeps only one model's weights on disk at a time, so it feeds the
+worker one group of names at a time instead of one manifest up front):
+  * on start, one line ``<MARKER> ready {"open_clip": ..., "timm": ...}``;
+  * per request line on stdin, ``{"id": N, "entries": [manifest entries], "output": path}``, the
+    per-name results go to ``path`` as JSON (written under a temporary name, then renamed), then
+    one line ``<MARKER> done N``;
+  * end of stdin ends the worker.
+Only the protocol writes to the real stdout: file descriptor 1 is pointed at stderr, so library
+prints (Python or C level) can never break a line of it.
 """
 
 from __future__ import annotations
@@ -14,7 +25,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
+
+MARKER = "mobileclip2-equivalence-worker:"
 
 # Steps whose knobs define the preprocessing; RGB conversion and to-tensor helpers are named
 # differently across open_clip releases (_convert_to_rgb/ToTensor vs MaybeConvertMode/MaybeToTensor)
@@ -75,13 +89,45 @@ def compare_one(entry: dict, timm_state, state) -> dict:
     return result
 
 
+def protocol_stream():
+    """A private copy of stdout for protocol lines; fd 1 and sys.stdout then go to stderr."""
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    return protocol
+
+
+def compare_entries(entries: list[dict], timm_state, state) -> dict:
+    """{name: result} for one request; an exception is that name's result, not the worker's end."""
+    results = {}
+    for entry in entries:
+        try:
+            results[entry["name"]] = compare_one(entry, timm_state, state)
+        except Exception as exc:  # noqa: BLE001 - report per model
+            results[entry["name"]] = {"name": entry["name"], "error": f"{type(exc).__name__}: {exc}"}
+        gc.collect()
+    return results
+
+
+def write_json(path: str, data: dict) -> None:
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as handle:
+        json.dump(data, handle, indent=1)
+    os.replace(temporary, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("manifest")
-    parser.add_argument("output")
     parser.add_argument("--force-backfill", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    protocol = protocol_stream()
 
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from mobileclip2.plugin import register, registration_state
 
     register(force_backfill=args.force_backfill)
@@ -89,20 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     import open_clip.version
     import timm
 
-    with open(args.manifest) as handle:
-        manifest = json.load(handle)
-    results = {"open_clip": open_clip.version.__version__, "timm": timm.__version__, "models": {}}
-    for entry in manifest["models"]:
-        try:
-            results["models"][entry["name"]] = compare_one(entry, timm_state, state)
-        except Exception as exc:  # noqa: BLE001 - report per model
-            results["models"][entry["name"]] = {
-                "name": entry["name"],
-                "error": f"{type(exc).__name__}: {exc}",
-            }
-        gc.collect()
-    with open(args.output, "w") as handle:
-        json.dump(results, handle, indent=1)
+    versions = {"open_clip": open_clip.version.__version__, "timm": timm.__version__}
+    print(MARKER, "ready", json.dumps(versions), file=protocol)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        write_json(request["output"], compare_entries(request["entries"], timm_state, state))
+        print(MARKER, "done", request["id"], file=protocol)
     return 0
 
 
