@@ -397,7 +397,7 @@ def _set_threads(threads: int) -> None:
 def _worker_main(recipe: Recipe, connection: Any) -> None:
     """A worker's life: set threads, build, then serve requests until told to stop.
 
-    Requests: ``("prepare", tower, inputs)`` -> ``("output", array)`` (one untimed call whose output
+    Requests: ``("prepare", tower, inputs, is_tensor)`` -> ``("output", array)`` (one untimed call whose output
     the driver checks); ``("time",)`` -> ``("seconds", s)`` with perf_counter around the call only;
     ``None`` -> exit. Any failure goes back as ``("error", traceback)``. Between requests the worker
     blocks in ``recv`` (no spinning).
@@ -410,7 +410,12 @@ def _worker_main(recipe: Recipe, connection: Any) -> None:
         run: Callable[[], Any] | None = None
         while (request := connection.recv()) is not None:
             if request[0] == "prepare":
-                run = prepare(request[1], request[2])
+                _, tower, inputs, is_tensor = request
+                if is_tensor:  # sent as an array: a pickled tensor would land in shared memory
+                    import torch
+
+                    inputs = torch.from_numpy(inputs)
+                run = prepare(tower, inputs)
                 connection.send(("output", _as_array(run())))
             else:
                 begin = time.perf_counter()
@@ -461,7 +466,8 @@ class IsolatedRuntime:
 
     def prepare(self, tower: str, inputs: Any) -> Any:
         """Make ``inputs`` the input of the timed call; returns the output (as a numpy array)."""
-        return self._ask("prepare", tower, inputs)
+        is_tensor = hasattr(inputs, "detach")
+        return self._ask("prepare", tower, inputs.numpy() if is_tensor else inputs, is_tensor)
 
     def time_call(self) -> float:
         """Seconds of one call, measured in the worker (the pipe is not in the timing)."""
