@@ -452,8 +452,9 @@ class IsolatedRuntime:
             self.process.join(5)
             raise BenchmarkWorkerError(
                 f"the {self.recipe.runtime} worker for {self.recipe.model} died "
-                f"(exit code {self.process.exitcode}) without a reply: out of memory or a crash in "
-                "native code; run that runtime alone to see its error"
+                f"(exit code {self.process.exitcode}) without a reply: out of memory, a crash in native "
+                "code, or a main script that starts workers without `if __name__ == '__main__':` "
+                "(spawned workers re-import it); the worker's stderr above says more"
             ) from None
         if reply[0] == "error":
             raise BenchmarkWorkerError(
