@@ -126,8 +126,13 @@ def build_runtime(recipe) -> object:
     return prepare
 
 
+INT8_FLOOR = 0.5  # below this an int8 artifact computes something else: not worth timing
+INT8_NOTE = 0.9  # below this the row says so (random weights, synthetic calibration: fidelity unmeasured)
+
+
 def check(runtime: str, got, want) -> dict:
-    """fp32: max abs diff vs upstream (< 1e-3); int8: lowest cosine to upstream (> 0.9)."""
+    """fp32: max abs diff vs upstream (must be < 1e-3); int8: lowest cosine to upstream (must be
+    > INT8_FLOOR; below INT8_NOTE the table says so). A runtime that fails is an error, not a row."""
     import numpy as np
 
     from mobileclip2.errors import BenchmarkWorkerError
@@ -135,7 +140,7 @@ def check(runtime: str, got, want) -> dict:
 
     if runtime.endswith("int8"):
         found = {"cosine": float(cosines(got, want).min())}
-        ok = found["cosine"] > 0.9
+        ok = found["cosine"] > INT8_FLOOR
     else:
         found = {"max_abs_diff": float(np.abs(got - want).max())}
         ok = found["max_abs_diff"] < 1e-3
@@ -214,7 +219,8 @@ def section(results: dict, meta: dict) -> str:
         "runtime time; check = upstream's median time alone (half the rounds before, half after) vs among the "
         "other runtimes, a group beyond 10% is marked invalid (do not quote it). Random weights; int8 calibrated on synthetic inputs "
         "(latency and size only; fidelity: docs/deployment.md). Every runtime is checked against upstream "
-        "before timing (fp32 max abs diff < 1e-3, int8 cosine > 0.9).",
+        "before timing (fp32 max abs diff < 1e-3, int8 cosine > 0.5; the check column notes an int8 cosine "
+        "below 0.9 on the timed input).",
         "- size: on-disk artifact; for the PyTorch rows, fp32 parameter bytes of the tower.",
         "",
     ]
@@ -239,7 +245,7 @@ def section(results: dict, meta: dict) -> str:
                 for t in meta["threads"]:
                     cell = result["timing"][str(t)]["towers"][tower][runtime]
                     row += f" {cell['ms']:.1f} | {cell['speedup']:.2f}x |"
-                lines.append(row + f" {_check_cell(result, tower, meta['threads'])} |")
+                lines.append(row + f" {_check_cell(result, tower, runtime, meta['threads'])} |")
         lines.append("")
         lines += _targets(name, result, meta["threads"])
         lines.append("")
@@ -247,14 +253,19 @@ def section(results: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def _check_cell(result: dict, tower: str, threads: list[int]) -> str:
-    """ok, or which thread counts' groups failed the alone-vs-among-others check (and by how much)."""
-    bad = [
-        f"{t} thr: upstream {cell['interference']:+.0%} among the others"
-        for t in threads
-        if not (cell := result["timing"][str(t)]["towers"][tower]["upstream"])["valid"]
+def _check_cell(result: dict, tower: str, runtime: str, threads: list[int]) -> str:
+    """ok, or which thread counts' groups failed the alone-vs-among-others check (and by how much);
+    plus an int8 artifact's cosine to upstream when it is below INT8_NOTE."""
+    cells = {t: result["timing"][str(t)]["towers"][tower] for t in threads}
+    notes = [
+        f"{t} thr: **invalid**, upstream {cell['upstream']['interference']:+.0%} among the others"
+        for t, cell in cells.items()
+        if not cell["upstream"]["valid"]
     ]
-    return "ok" if not bad else "**invalid** (" + "; ".join(bad) + ")"
+    cosine = min(cell[runtime].get("cosine", 1.0) for cell in cells.values())
+    if cosine < INT8_NOTE:
+        notes.append(f"cosine to upstream {cosine:.3f} on this input")
+    return "; ".join(notes) or "ok"
 
 
 def _targets(name: str, result: dict, threads: list[int]) -> list[str]:
