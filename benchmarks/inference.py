@@ -150,7 +150,8 @@ def render_cpu(results, peak, overhead, meta) -> str:
         "text-full = 77 real tokens (worst case; `optimize` stops causal text towers at the end-of-text token, "
         "so the caption row is where that shows).",
         "- isolation: each runtime is built and called in its own process (spawned worker, "
-        f"{meta['threads']} threads each; the others wait blocked on a pipe while one is timed; the worker times "
+        f"{meta['threads']} threads each, OMP_WAIT_POLICY {meta['omp_wait_policy']}; the others wait blocked on a "
+        "pipe while one is timed; the worker times "
         "its own call, the pipe is not in the timing); before timing, each runtime's output is checked against "
         "upstream's on the same input (max abs diff <= 1e-3).",
         f"- timing: runtimes called alternately, order reversed every other round, {meta['rounds']}; speedup = "
@@ -206,6 +207,7 @@ def run_cpu(args) -> int:
         "cpu": _support.cpu_description(),
         "cores": _support.cores(),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "load_before": load_before,
         "load_after": _support.load_average(),
         "versions": bm.package_versions("open_clip_torch", "timm", "onnxruntime", "mobileclip2"),

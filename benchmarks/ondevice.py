@@ -213,7 +213,8 @@ def section(results: dict, meta: dict) -> str:
         f"{meta['uptime_after']} (the machine is shared: absolute ms are noisy, ratios less so)",
         f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
         "- method: each runtime built and called in its own process (spawned worker per runtime, model and "
-        "thread count; the others wait blocked on a pipe while one is timed; the worker times its own call); "
+        f"thread count, OMP_WAIT_POLICY {meta['omp_wait_policy']}; the others wait blocked on a pipe while one "
+        "is timed; the worker times its own call); "
         f"runtimes alternated, one call each per round, order reversed every other round, {meta['rounds']} rounds "
         "after 3 warm-up; ONNX Runtime thread spinning off; speed-up = median over rounds of upstream time / "
         "runtime time; check = upstream's median time alone (half the rounds before, half after) vs among the "
@@ -330,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "cores": os.cpu_count(),
         "uptime_before": _uptime(),
         "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "rounds": args.rounds,
         "versions": package_versions(
             "open_clip_torch", "timm", "onnxruntime", "executorch", "torchao", "mobileclip2"
