@@ -1,6 +1,8 @@
 """Measuring inference speed honestly: what `mobileclip2 bench` and benchmarks/inference.py share.
 
-Runtimes of the same model are compared in one process, on the same inputs:
+Runtimes of the same model are compared on the same inputs, each built and called in its own
+worker process (:class:`IsolatedRuntime`, from a picklable :class:`Recipe`): no allocator, cache
+or thread pool is shared between them, so one runtime cannot slow down the next one timed.
 
 * ``upstream``: ``open_clip.create_model`` + ``timm.utils.reparameterize_model`` (what a user of
   plain open_clip + timm runs), eager PyTorch;
@@ -9,7 +11,9 @@ Runtimes of the same model are compared in one process, on the same inputs:
   threads do not spin after a call (``session.intra_op.allow_spinning = 0``). Spinning threads
   keep the cores busy after ``run`` returns and made the next runtime timed look twice as slow.
 
-Method (:func:`paired_samples`): the runtimes are called alternately, one call each per round, the
+Method (:func:`paired_samples`): the runtimes are called alternately (the driver asks one worker
+at a time; the others wait blocked on their pipe; each worker times its own call, so the pipe is
+not in the timing), one call each per round, the
 order reversed every other round; each runtime's speed is the median over rounds of the per-round
 ratio ``upstream time / its time`` (a slow spell of a shared machine hits one round, not one
 runtime). The benchmark checks itself (:func:`interference_check`): upstream is also timed with
@@ -23,14 +27,22 @@ This module imports torch lazily: :func:`package_versions` stays torch-free for 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib
+import multiprocessing
+import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from .errors import BenchmarkWorkerError
 
 if TYPE_CHECKING:
     import torch
@@ -39,18 +51,23 @@ if TYPE_CHECKING:
 __all__ = [
     "CAPTION_TOKENS",
     "INTERFERENCE_LIMIT",
+    "IsolatedRuntime",
     "Measurement",
+    "Recipe",
     "benchmark_model",
     "count_flops",
     "interference_check",
     "package_versions",
     "paired_samples",
+    "start_isolated",
+    "timed",
     "tower_inputs",
     "upstream_model",
 ]
 
 CAPTION_TOKENS = 12  # "a photo of a golden retriever on a beach." with start and end tokens
 INTERFERENCE_LIMIT = 0.10  # upstream alone vs among the other runtimes: beyond this, invalid
+PARITY_LIMIT = 1e-3  # fp32 max abs diff of a runtime's output vs upstream's before it is timed
 
 
 def package_versions(*dists: str) -> dict[str, str]:
@@ -78,39 +95,40 @@ def count_flops(fn: Callable[[Any], Any], inputs: Any) -> int:
     return int(counter.get_total_flops())
 
 
-def _time_call(run: Callable[[], Any], sync: Callable[[], None]) -> float:
-    begin = time.perf_counter()
-    run()
-    sync()
-    return time.perf_counter() - begin
-
-
 def _no_sync() -> None:
     return None
 
 
+def timed(run: Callable[[], Any], sync: Callable[[], None] = _no_sync) -> Callable[[], float]:
+    """``run`` as a timer: a call that returns the seconds one call of ``run`` took (in this process)."""
+
+    def timer() -> float:
+        begin = time.perf_counter()
+        run()
+        sync()
+        return time.perf_counter() - begin
+
+    return timer
+
+
 def paired_samples(
-    runners: dict[str, Callable[[], Any]],
-    rounds: int,
-    warmup: int = 1,
-    sync: Callable[[], None] = _no_sync,
+    timers: dict[str, Callable[[], float]], rounds: int, warmup: int = 1
 ) -> dict[str, list[float]]:
-    """Seconds per call of each runner: one call each per round, order reversed every other round."""
-    names = list(runners)
+    """Seconds per call of each timer: one call each per round, order reversed every other round."""
+    names = list(timers)
     for _ in range(warmup):
         for name in names:
-            runners[name]()
-        sync()
+            timers[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
     for index in range(rounds):
         for name in names if index % 2 == 0 else reversed(names):
-            samples[name].append(_time_call(runners[name], sync))
+            samples[name].append(timers[name]())
     return samples
 
 
-def alone_samples(run: Callable[[], Any], calls: int, sync: Callable[[], None] = _no_sync) -> list[float]:
-    """Seconds per call of one runner with nothing else called in between."""
-    return [_time_call(run, sync) for _ in range(calls)]
+def alone_samples(timer: Callable[[], float], calls: int) -> list[float]:
+    """Seconds per call of one timer with nothing else called in between."""
+    return [timer() for _ in range(calls)]
 
 
 def median_ratio(baseline: Sequence[float], candidate: Sequence[float]) -> float:
@@ -136,6 +154,7 @@ class Measurement:
     valid: bool  # interference check of this (model, tower, batch) group passed
     interference: float  # upstream median among others / alone - 1
     samples: list[float] = field(default_factory=list)
+    max_abs_diff: float = 0.0  # of this runtime's output vs upstream's on the timed input
 
     @property
     def gflops_per_s(self) -> float:
@@ -250,22 +269,25 @@ def measure_group(
     model_name: str,
     tower: str,
     batch: int,
-    runners: dict[str, Callable[[], Any]],
+    timers: dict[str, Callable[[], float]],
     flops: int,
     rounds: int,
     warmup: int = 1,
-    sync: Callable[[], None] = _no_sync,
 ) -> list[Measurement]:
-    """Time ``runners`` (``upstream`` first) paired, plus upstream alone before and after; -> rows."""
-    upstream = runners["upstream"]
+    """Time ``timers`` (``upstream`` first) paired, plus upstream alone before and after; -> rows.
+
+    A timer is a call returning the seconds of one call of its runtime: :func:`timed` in this
+    process, :meth:`IsolatedRuntime.time_call` in a worker process.
+    """
+    upstream = timers["upstream"]
     for _ in range(warmup):
         upstream()
     half = max(1, rounds // 2)
-    alone = alone_samples(upstream, half, sync)
-    samples = paired_samples(runners, rounds, warmup, sync)
-    alone += alone_samples(upstream, half, sync)
+    alone = alone_samples(upstream, half)
+    samples = paired_samples(timers, rounds, warmup)
+    alone += alone_samples(upstream, half)
     interference, valid = interference_check(alone, samples["upstream"])
-    if len(runners) == 1:
+    if len(timers) == 1:
         interference, valid = 0.0, True
     rows = []
     for runtime, times in samples.items():
@@ -286,6 +308,215 @@ def measure_group(
     return rows
 
 
+# ---------------------------------------------------------------------------------------------
+# Each runtime in its own process.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a worker process needs to build one runtime (picklable: sent to a fresh interpreter).
+
+    ``builder`` is ``"module:function"``, called as ``function(recipe)`` in the worker after the
+    thread counts are set; it returns ``prepare(tower, inputs) -> run``, where ``run()`` is the
+    no-argument call that gets timed and returns the embeddings. Empty: the built-in builder of
+    ``runtime`` (:data:`BUILDERS`).
+    """
+
+    model: str
+    runtime: str
+    threads: int
+    pretrained: str | None = None
+    builder: str = ""
+    options: tuple[tuple[str, Any], ...] = ()  # extra settings a builder reads (e.g. an artifact folder)
+
+
+def _built_model(recipe: Recipe) -> nn.Module:
+    """The same model in every worker: fixed seed, eval, no grad (random weights are reproducible)."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(recipe.model, pretrained=recipe.pretrained).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def build_upstream(recipe: Recipe) -> Callable[[str, Any], Callable[[], Any]]:
+    baseline = upstream_model(_built_model(recipe))
+    return lambda tower, inputs: encoder_call(baseline, tower, inputs)
+
+
+def build_ours(recipe: Recipe) -> Callable[[str, Any], Callable[[], Any]]:
+    from .inference import optimize
+
+    fast = optimize(_built_model(recipe))
+    return lambda tower, inputs: encoder_call(fast, tower, inputs)
+
+
+def build_onnxruntime(recipe: Recipe) -> Callable[[str, Any], Callable[[], Any]]:
+    model = _built_model(recipe)
+    towers = OnnxTowers(upstream_model(model), tower_inputs(model, 1), recipe.threads)
+    return towers.runner  # the temporary folder lives as long as the worker
+
+
+BUILDERS = {
+    "upstream": "mobileclip2.benchmarking:build_upstream",
+    "ours": "mobileclip2.benchmarking:build_ours",
+    "onnxruntime": "mobileclip2.benchmarking:build_onnxruntime",
+}
+
+
+def _builder(recipe: Recipe) -> Callable[[Recipe], Callable[[str, Any], Callable[[], Any]]]:
+    path = recipe.builder or BUILDERS.get(recipe.runtime, "")
+    if ":" not in path:
+        raise ValueError(
+            f"runtime {recipe.runtime!r} has no builder: use one of {sorted(BUILDERS)} or give "
+            "Recipe(builder='module:function')"
+        )
+    module, function = path.split(":", 1)
+    return getattr(importlib.import_module(module), function)
+
+
+def _as_array(output: Any) -> Any:
+    import numpy as np
+
+    return output.detach().float().cpu().numpy() if hasattr(output, "detach") else np.asarray(output)
+
+
+def _set_threads(threads: int) -> None:
+    """Thread count of torch in this worker: through the environment while torch is not imported
+    (a fake runtime in a test never pays for the import), directly once it is (the spawned worker
+    first re-imports the driver's main script, which may import torch)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def _worker_main(recipe: Recipe, connection: Any) -> None:
+    """A worker's life: set threads, build, then serve requests until told to stop.
+
+    Requests: ``("prepare", tower, inputs, is_tensor)`` -> ``("output", array)`` (one untimed call whose output
+    the driver checks); ``("time",)`` -> ``("seconds", s)`` with perf_counter around the call only;
+    ``None`` -> exit. Any failure goes back as ``("error", traceback)``. Between requests the worker
+    blocks in ``recv`` (no spinning).
+    """
+    try:
+        _set_threads(recipe.threads)
+        prepare = _builder(recipe)(recipe)
+        _set_threads(recipe.threads)  # torch may have been imported by the builder
+        connection.send(("ready",))
+        run: Callable[[], Any] | None = None
+        while (request := connection.recv()) is not None:
+            if request[0] == "prepare":
+                _, tower, inputs, is_tensor = request
+                if is_tensor:  # sent as an array: a pickled tensor would land in shared memory
+                    import torch
+
+                    inputs = torch.from_numpy(inputs)
+                run = prepare(tower, inputs)
+                connection.send(("output", _as_array(run())))
+            else:
+                begin = time.perf_counter()
+                run()
+                connection.send(("seconds", time.perf_counter() - begin))
+    except EOFError:  # the driver went away: nothing to report to
+        pass
+    except BaseException:
+        with contextlib.suppress(OSError):
+            connection.send(("error", traceback.format_exc()))
+    finally:
+        connection.close()
+
+
+class IsolatedRuntime:
+    """One runtime built and called in its own process (spawned: a fresh interpreter)."""
+
+    def __init__(self, recipe: Recipe):
+        context = multiprocessing.get_context("spawn")
+        self.recipe = recipe
+        self._connection, child = context.Pipe()
+        self.process = context.Process(
+            target=_worker_main, args=(recipe, child), name=f"bench-{recipe.runtime}", daemon=True
+        )
+        self.process.start()
+        child.close()
+
+    def _ask(self, *request: Any) -> Any:
+        if request:
+            self._connection.send(request)
+        try:
+            reply = self._connection.recv()
+        except EOFError:
+            self.process.join(5)
+            raise BenchmarkWorkerError(
+                f"the {self.recipe.runtime} worker for {self.recipe.model} died "
+                f"(exit code {self.process.exitcode}) without a reply: out of memory, a crash in native "
+                "code, or a main script that starts workers without `if __name__ == '__main__':` "
+                "(spawned workers re-import it); the worker's stderr above says more"
+            ) from None
+        if reply[0] == "error":
+            raise BenchmarkWorkerError(
+                f"the {self.recipe.runtime} worker for {self.recipe.model} failed:\n{reply[1]}"
+            )
+        return reply[1] if len(reply) > 1 else None
+
+    def wait_ready(self) -> None:
+        self._ask()
+
+    def prepare(self, tower: str, inputs: Any) -> Any:
+        """Make ``inputs`` the input of the timed call; returns the output (as a numpy array)."""
+        is_tensor = hasattr(inputs, "detach")
+        return self._ask("prepare", tower, inputs.numpy() if is_tensor else inputs, is_tensor)
+
+    def time_call(self) -> float:
+        """Seconds of one call, measured in the worker (the pipe is not in the timing)."""
+        return self._ask("time")
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            with contextlib.suppress(OSError):
+                self._connection.send(None)
+            self.process.join(30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self._connection.close()
+
+
+def start_isolated(recipes: Sequence[Recipe], stack: Any) -> dict[str, IsolatedRuntime]:
+    """A ready worker per recipe, by runtime name; each is closed by ``stack`` (an ExitStack).
+
+    The workers build at the same time; each is asked only when all are ready.
+    """
+    workers = {}
+    for recipe in recipes:
+        worker = IsolatedRuntime(recipe)
+        stack.callback(worker.close)
+        workers[recipe.runtime] = worker
+    for worker in workers.values():
+        worker.wait_ready()
+    return workers
+
+
+def check_outputs(outputs: dict[str, Any], limit: float = PARITY_LIMIT) -> dict[str, float]:
+    """Max abs diff of each runtime's output vs upstream's; a runtime beyond ``limit`` is an error
+    (a fast wrong answer is not a result)."""
+    import numpy as np
+
+    want = outputs["upstream"]
+    diffs = {runtime: float(np.abs(got - want).max()) for runtime, got in outputs.items()}
+    wrong = {runtime: diff for runtime, diff in diffs.items() if not diff <= limit}
+    if wrong:
+        raise BenchmarkWorkerError(
+            "outputs disagree with upstream's before timing (max abs diff "
+            + ", ".join(f"{runtime} {diff:.2e}" for runtime, diff in wrong.items())
+            + f", limit {limit:.0e}): fix that runtime first"
+        )
+    return diffs
+
+
 def benchmark_model(
     name: str,
     batches: tuple[int, ...] = (1,),
@@ -294,55 +525,53 @@ def benchmark_model(
     pretrained: str | None = None,
     rounds: Callable[[int], int] = lambda batch: 20 if batch == 1 else 6,
     log: Callable[[str], None] = print,
+    threads: int | None = None,
+    builders: dict[str, str] | None = None,
 ) -> list[Measurement]:
-    """Median latency and paired speedup of each runtime for each tower and batch size (CPU, fp32)."""
+    """Median latency and paired speedup of each runtime for each tower and batch size (CPU, fp32).
+
+    Each runtime runs in its own worker process (``threads`` torch / onnxruntime threads each;
+    default: this process's torch thread count); ``builders`` maps a runtime name to a
+    ``"module:function"`` builder for runtimes beyond :data:`BUILDERS`.
+    """
     import open_clip
     import torch
 
     if "upstream" not in runtimes:
         raise ValueError("benchmark_model: 'upstream' must be among the runtimes (every ratio is against it)")
+    threads = threads or torch.get_num_threads()
     torch.manual_seed(0)
-    model = open_clip.create_model(name, pretrained=pretrained).eval()
+    model = open_clip.create_model(name, pretrained=pretrained).eval()  # inputs and FLOPs only
     model.requires_grad_(False)
-    built: dict[str, Any] = {"upstream": upstream_model(model)}
-    if "ours" in runtimes:
-        from .inference import optimize
-
-        started = time.perf_counter()
-        built["ours"] = optimize(model)
-        log(f"  {name}: optimize() took {time.perf_counter() - started:.1f} s")
-    onnx = None
-    if "onnxruntime" in runtimes:
-        started = time.perf_counter()
-        onnx = OnnxTowers(built["upstream"], tower_inputs(model, 1), torch.get_num_threads())
-        log(
-            f"  {name}: ONNX export + check took {time.perf_counter() - started:.1f} s "
-            f"(max abs diff image {onnx.max_abs_diff['image']:.1e}, text {onnx.max_abs_diff['text']:.1e})"
-        )
+    recipes = [
+        Recipe(name, runtime, threads, pretrained, (builders or {}).get(runtime, "")) for runtime in runtimes
+    ]
     results: list[Measurement] = []
-    try:
+    with contextlib.ExitStack() as stack:
+        started = time.perf_counter()
+        workers = start_isolated(recipes, stack)
+        log(f"  {name}: {len(workers)} worker processes built in {time.perf_counter() - started:.1f} s")
         for tower in towers:
             for batch in batches:
                 inputs = tower_inputs(model, batch)[tower]
                 encode = model.encode_image if tower == "image" else model.encode_text
                 flops = count_flops(encode, inputs)
-                runners = {
-                    runtime: onnx.runner(tower, inputs)
-                    if runtime == "onnxruntime"
-                    else encoder_call(built[runtime], tower, inputs)
-                    for runtime in runtimes
-                }
+                outputs = {runtime: worker.prepare(tower, inputs) for runtime, worker in workers.items()}
+                diffs = check_outputs(outputs)
+                timers = {runtime: worker.time_call for runtime, worker in workers.items()}
                 rows = measure_group(
-                    name, tower, batch, runners, flops, rounds(batch), warmup=2 if batch == 1 else 1
+                    name, tower, batch, timers, flops, rounds(batch), warmup=2 if batch == 1 else 1
                 )
+                for row in rows:
+                    row.max_abs_diff = diffs[row.runtime]
                 results += rows
                 log(
                     f"  {name} {tower} batch {batch}: "
-                    + ", ".join(f"{r.runtime} {r.seconds * 1e3:.1f} ms ({r.speedup:.2f}x)" for r in rows)
+                    + ", ".join(
+                        f"{r.runtime} {r.seconds * 1e3:.1f} ms ({r.speedup:.2f}x, diff {r.max_abs_diff:.0e})"
+                        for r in rows
+                    )
                     + f"; upstream alone vs among others {rows[0].interference:+.1%}"
                     + ("" if rows[0].valid else " -> INVALID")
                 )
-    finally:
-        if onnx is not None:
-            onnx.close()
     return results

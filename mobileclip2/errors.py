@@ -159,3 +159,8 @@ class ExporterUnavailableError(MobileCLIP2Error, ImportError):
             f"exporting to {format} needs {package}, which is not importable{reason}. "
             f"Install it with: pip install 'mobileclip2[{extra}]'"
         )
+
+
+class BenchmarkWorkerError(MobileCLIP2Error, RuntimeError):
+    """A benchmark worker process (one runtime, built and timed in its own process) failed or
+    disagreed with upstream's output; the message carries the worker's traceback or the numbers."""

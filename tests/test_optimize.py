@@ -185,8 +185,10 @@ def test_bad_compile_mode_is_a_clear_error():
 
 def test_paired_samples_alternate_the_order():
     calls = []
-    runners = {name: (lambda name=name: calls.append(name)) for name in ("upstream", "ours", "ort")}
-    samples = benchmarking.paired_samples(runners, rounds=2, warmup=0)
+    timers = {
+        name: benchmarking.timed(lambda name=name: calls.append(name)) for name in ("upstream", "ours", "ort")
+    }
+    samples = benchmarking.paired_samples(timers, rounds=2, warmup=0)
     assert calls == ["upstream", "ours", "ort", "ort", "ours", "upstream"]
     assert all(len(times) == 2 for times in samples.values())
 

@@ -2,7 +2,7 @@
 
 A quick, single-model version of benchmarks/inference.py (which runs the documented comparison
 across models and writes docs/benchmarks.md), with the same method (mobileclip2.benchmarking):
-alternated calls, median of per-round ratios, and a self-check that marks a measurement invalid
+each runtime in its own worker process, alternated calls, median of per-round ratios, and a self-check that marks a measurement invalid
 when the runtimes disturbed each other. Random weights unless --pretrained is given: speed does
 not depend on the weights' values.
 """

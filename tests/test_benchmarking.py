@@ -1,0 +1,96 @@
+"""The isolated runner of mobileclip2.benchmarking: each runtime in its own worker process.
+
+Fake runtimes (tests/support/fake_runtimes.py) stand in for models: these tests prove the driver's
+method (calls, order, validity logic, output check, errors, no leftover process), not any speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+import pytest
+
+from mobileclip2 import benchmarking as bm
+from mobileclip2.errors import BenchmarkWorkerError
+
+
+def recipe(runtime: str, builder: str, threads: int = 1, **options) -> bm.Recipe:
+    return bm.Recipe(
+        "fake", runtime, threads, builder=f"fake_runtimes:{builder}", options=tuple(options.items())
+    )
+
+
+def test_each_runtime_runs_in_its_own_process_in_the_paired_order(tmp_path):
+    log = tmp_path / "calls.txt"
+    recipes = [recipe(name, "build_pid", log=str(log)) for name in ("upstream", "ours", "ort")]
+    with contextlib.ExitStack() as stack:
+        workers = bm.start_isolated(recipes, stack)
+        processes = [worker.process for worker in workers.values()]
+        inputs = np.arange(6.0).reshape(2, 3)
+        outputs = {name: worker.prepare("image", inputs) for name, worker in workers.items()}
+        assert bm.check_outputs(outputs) == {"upstream": 0.0, "ours": 0.0, "ort": 0.0}
+        log.write_text("")
+        timers = {name: worker.time_call for name, worker in workers.items()}
+        rows = bm.measure_group("fake", "image", 2, timers, flops=10, rounds=4, warmup=1)
+    assert not any(process.is_alive() for process in processes)  # closed with the stack
+
+    calls = [line.split() for line in log.read_text().splitlines()]
+    pids = {name: {pid for runtime, pid in calls if runtime == name} for name in ("upstream", "ours", "ort")}
+    assert all(len(found) == 1 for found in pids.values())  # one process per runtime...
+    assert len(set.union(*pids.values()) | {str(os.getpid())}) == 4  # ... none of them this one
+    order = [runtime for runtime, _ in calls]
+    forward, backward = ["upstream", "ours", "ort"], ["ort", "ours", "upstream"]
+    # warm-up of upstream, 2 alone, warm-up round, 4 rounds alternating, 2 alone
+    assert order == ["upstream"] * 3 + forward + (forward + backward) * 2 + ["upstream"] * 2
+    assert [row.runtime for row in rows] == ["upstream", "ours", "ort"]
+    assert all(len(row.samples) == 4 and all(isinstance(s, float) for s in row.samples) for row in rows)
+    assert all(row.speedup == bm.median_ratio(rows[0].samples, row.samples) for row in rows)
+
+
+def test_measure_group_marks_a_disturbed_upstream_invalid():
+    # upstream takes 1 s alone and 2 s among the others: the scripted timers stand in for workers
+    upstream_times = iter([1.0] * 1 + [1.0] * 2 + [9.0] + [2.0] * 4 + [1.0] * 2)
+    timers = {"upstream": lambda: next(upstream_times), "ours": lambda: 1.0}
+    rows = bm.measure_group("fake", "text", 1, timers, flops=1, rounds=4, warmup=1)
+    assert all(not row.valid for row in rows) and rows[0].interference == pytest.approx(1.0)
+    assert rows[1].speedup == 2.0
+
+
+def test_outputs_are_compared_with_upstreams_before_timing():
+    with contextlib.ExitStack() as stack:
+        workers = bm.start_isolated(
+            [recipe("upstream", "build_double"), recipe("wrong", "build_wrong")], stack
+        )
+        outputs = {name: worker.prepare("text", np.ones((1, 4))) for name, worker in workers.items()}
+    with pytest.raises(BenchmarkWorkerError, match=r"wrong 1\.00e\+00"):
+        bm.check_outputs(outputs)
+
+
+def test_a_worker_error_is_a_clear_exception_and_no_worker_is_left_running():
+    stack = contextlib.ExitStack()
+    with pytest.raises(BenchmarkWorkerError, match="(?s)broken worker for fake failed.*could not be built"):
+        with stack:
+            bm.start_isolated([recipe("upstream", "build_double"), recipe("broken", "build_broken")], stack)
+    import multiprocessing
+
+    assert multiprocessing.active_children() == []
+
+
+def test_a_timing_request_before_any_input_is_an_error_not_a_hang():
+    with contextlib.ExitStack() as stack:
+        worker = bm.start_isolated([recipe("upstream", "build_double")], stack)["upstream"]
+        with pytest.raises(BenchmarkWorkerError, match="TypeError"):
+            worker.time_call()
+
+
+def test_threads_are_set_in_the_worker_before_it_builds():
+    with contextlib.ExitStack() as stack:
+        worker = bm.start_isolated([recipe("upstream", "build_threads", threads=3)], stack)["upstream"]
+        assert worker.prepare("image", np.zeros(2)).tolist() == [3.0, 3.0]
+
+
+def test_an_unknown_runtime_names_the_known_ones():
+    with pytest.raises(ValueError, match="onnxruntime"):
+        bm._builder(bm.Recipe("fake", "tensorrt", 1))
