@@ -31,6 +31,7 @@ def pytest_configure(config):
         torch.set_num_threads(threads)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into group suffixes
 def pytest_collection_modifyitems(config, items):
     """Keep each module on one xdist worker (``--dist loadgroup``): most modules share an expensive
     module fixture (a reference bundle, an export, a training workspace). A module whose tests are

@@ -31,11 +31,12 @@ COMMON = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ws(train_workspace, tmp_path_factory):
-    # Training logs and checkpoints (~3 GB) go to this module's own dir, freed when it ends;
-    # the shared workspace (models, shards) lives for the whole session.
-    return {**train_workspace, "logs": tmp_path_factory.mktemp("logs")}
+@pytest.fixture
+def ws(train_workspace, tmp_path):
+    # Training logs and checkpoints (up to ~1 GB a run) go to the test's own tmp_path, which pytest
+    # deletes when the test passes (tmp_path_retention_policy = "failed"); the shared workspace
+    # (models, shards) lives for the whole session.
+    return {**train_workspace, "logs": tmp_path / "logs"}
 
 
 def _ok(proc):
