@@ -153,7 +153,7 @@ def render_cpu(results, peak, overhead, meta) -> str:
         f"{meta['threads']} threads each, OMP_WAIT_POLICY {meta['omp_wait_policy']}; the others wait blocked on a "
         "pipe while one is timed; the worker times "
         "its own call, the pipe is not in the timing); before timing, each runtime's output is checked against "
-        "upstream's on the same input (max abs diff <= 1e-3).",
+        f"upstream's on the same input (max abs diff <= {bm.PARITY_LIMIT:g}).",
         f"- timing: runtimes called alternately, order reversed every other round, {meta['rounds']}; speedup = "
         "median over rounds of upstream time / runtime time; check = upstream's median time alone (half the "
         "rounds before, half after) vs among the other runtimes, invalid beyond 10%.",

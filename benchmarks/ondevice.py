@@ -56,11 +56,9 @@ ARTIFACTS = {
 
 
 def _model(name: str):
-    import open_clip
-    import torch
+    from mobileclip2.benchmarking import seeded_model
 
-    torch.manual_seed(0)
-    return open_clip.create_model(name).eval()
+    return seeded_model(name)  # the weights every worker builds too
 
 
 def export_all(name: str, directory: Path) -> dict[str, dict]:
@@ -104,7 +102,7 @@ def build_runtime(recipe) -> object:
     (mobileclip2.benchmarking.IsolatedRuntime): both towers' artifacts are loaded here, before any
     program runs (ExecuTorch's threadpool is sized once, at the first load)."""
     from mobileclip2 import benchmarking
-    from mobileclip2.export import executorch, onnx
+    from mobileclip2.export.pipeline import file_names, format_module
 
     if recipe.runtime == "upstream":
         return benchmarking.build_upstream(recipe)
@@ -112,12 +110,9 @@ def build_runtime(recipe) -> object:
         return benchmarking.build_ours(recipe)
     directory = Path(dict(recipe.options)["directory"])
     format, int8 = ARTIFACTS[recipe.runtime]
-    stem = f"{recipe.model}.int8" if int8 else recipe.model
-    suffix = ".onnx" if format == "onnx" else ".pte"
-    load = onnx.load if format == "onnx" else executorch.load
-    sessions = {
-        tower: load(directory / f"{stem}.{tower}{suffix}", recipe.threads) for tower in ("image", "text")
-    }
+    names = file_names(recipe.model, format, int8)  # what export_all wrote
+    load = format_module(format).load
+    sessions = {tower: load(directory / names[tower], recipe.threads) for tower in ("image", "text")}
 
     def prepare(tower: str, inputs):
         session, array = sessions[tower], inputs.numpy()
@@ -131,10 +126,11 @@ INT8_NOTE = 0.9  # below this the row says so (random weights, synthetic calibra
 
 
 def check(runtime: str, got, want) -> dict:
-    """fp32: max abs diff vs upstream (must be < 1e-3); int8: lowest cosine to upstream (must be
-    > INT8_FLOOR; below INT8_NOTE the table says so). A runtime that fails is an error, not a row."""
+    """fp32: max abs diff vs upstream (must be < PARITY_LIMIT); int8: lowest cosine to upstream (must
+    be > INT8_FLOOR; below INT8_NOTE the table says so). A runtime that fails is an error, not a row."""
     import numpy as np
 
+    from mobileclip2.benchmarking import PARITY_LIMIT
     from mobileclip2.errors import BenchmarkWorkerError
     from mobileclip2.export.parity import cosines
 
@@ -143,7 +139,7 @@ def check(runtime: str, got, want) -> dict:
         ok = found["cosine"] > INT8_FLOOR
     else:
         found = {"max_abs_diff": float(np.abs(got - want).max())}
-        ok = found["max_abs_diff"] < 1e-3
+        ok = found["max_abs_diff"] < PARITY_LIMIT
     if not ok:
         raise BenchmarkWorkerError(f"{runtime} disagrees with upstream before timing: {found}; fix it first")
     return found
@@ -220,8 +216,8 @@ def section(results: dict, meta: dict) -> str:
         "runtime time; check = upstream's median time alone (half the rounds before, half after) vs among the "
         "other runtimes, a group beyond 10% is marked invalid (do not quote it). Random weights; int8 calibrated on synthetic inputs "
         "(latency and size only; fidelity: docs/deployment.md). Every runtime is checked against upstream "
-        "before timing (fp32 max abs diff < 1e-3, int8 cosine > 0.5; the check column notes an int8 cosine "
-        "below 0.9 on the timed input).",
+        f"before timing (fp32 max abs diff < {meta['parity_limit']:g}, int8 cosine > {INT8_FLOOR}; the check "
+        f"column notes an int8 cosine below {INT8_NOTE} on the timed input).",
         "- size: on-disk artifact; for the PyTorch rows, fp32 parameter bytes of the tower.",
         "",
     ]
@@ -321,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from _support import cpu_description, write_doc_section
 
-    from mobileclip2.benchmarking import package_versions
+    from mobileclip2.benchmarking import PARITY_LIMIT, package_versions
     from mobileclip2.export.sidecar import artifact_size
 
     meta = {
@@ -332,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         "uptime_before": _uptime(),
         "threads": args.threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        "parity_limit": PARITY_LIMIT,
         "rounds": args.rounds,
         "versions": package_versions(
             "open_clip_torch", "timm", "onnxruntime", "executorch", "torchao", "mobileclip2"

@@ -59,6 +59,7 @@ __all__ = [
     "interference_check",
     "package_versions",
     "paired_samples",
+    "seeded_model",
     "start_isolated",
     "timed",
     "tower_inputs",
@@ -331,15 +332,20 @@ class Recipe:
     options: tuple[tuple[str, Any], ...] = ()  # extra settings a builder reads (e.g. an artifact folder)
 
 
-def _built_model(recipe: Recipe) -> nn.Module:
-    """The same model in every worker: fixed seed, eval, no grad (random weights are reproducible)."""
+def seeded_model(name: str, pretrained: str | None = None) -> nn.Module:
+    """The model every process of a benchmark builds: fixed seed, eval, no grad, so the driver
+    (inputs, FLOPs, exports) and each worker hold the same random weights."""
     import open_clip
     import torch
 
     torch.manual_seed(0)
-    model = open_clip.create_model(recipe.model, pretrained=recipe.pretrained).eval()
+    model = open_clip.create_model(name, pretrained=pretrained).eval()
     model.requires_grad_(False)
     return model
+
+
+def _built_model(recipe: Recipe) -> nn.Module:
+    return seeded_model(recipe.model, recipe.pretrained)
 
 
 def build_upstream(recipe: Recipe) -> Callable[[str, Any], Callable[[], Any]]:
@@ -534,15 +540,12 @@ def benchmark_model(
     default: this process's torch thread count); ``builders`` maps a runtime name to a
     ``"module:function"`` builder for runtimes beyond :data:`BUILDERS`.
     """
-    import open_clip
     import torch
 
     if "upstream" not in runtimes:
         raise ValueError("benchmark_model: 'upstream' must be among the runtimes (every ratio is against it)")
     threads = threads or torch.get_num_threads()
-    torch.manual_seed(0)
-    model = open_clip.create_model(name, pretrained=pretrained).eval()  # inputs and FLOPs only
-    model.requires_grad_(False)
+    model = seeded_model(name, pretrained)  # inputs and FLOPs only
     recipes = [
         Recipe(name, runtime, threads, pretrained, (builders or {}).get(runtime, "")) for runtime in runtimes
     ]
