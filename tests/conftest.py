@@ -31,15 +31,40 @@ def pytest_configure(config):
         torch.set_num_threads(threads)
 
 
+# The xdist group of every module that builds full-size models (a ``big`` mark on any of its tests,
+# or ``XDIST_GROUP = BIG_MODELS_GROUP``): one worker runs them one after another, so two of them
+# (several GB each) never overlap on a 24 GB machine.
+BIG_MODELS_GROUP = "big-models"
+
+
+def _xdist_group(module, items) -> str | None:
+    """``--dist loadgroup`` group of a module's tests; None: each test on its own.
+
+    Modules stay whole on one worker: most share an expensive module fixture (a reference bundle,
+    an export, a training workspace). A module whose tests are independent and long sets
+    ``XDIST_PER_TEST = True`` and its tests spread over the workers."""
+    if getattr(module, "XDIST_PER_TEST", False):
+        return None
+    explicit = getattr(module, "XDIST_GROUP", None)
+    if explicit:
+        return explicit
+    if any(item.get_closest_marker("big") for item in items):
+        return BIG_MODELS_GROUP
+    return module.__name__
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into group suffixes
 def pytest_collection_modifyitems(config, items):
-    """Keep each module on one xdist worker (``--dist loadgroup``): most modules share an expensive
-    module fixture (a reference bundle, an export, a training workspace). A module whose tests are
-    independent and long sets ``XDIST_PER_TEST = True`` and its tests spread over the workers."""
+    by_module: dict[object, list] = {}
     for item in items:
         module = getattr(item, "module", None)
-        if module is not None and not getattr(module, "XDIST_PER_TEST", False):
-            item.add_marker(pytest.mark.xdist_group(module.__name__))
+        if module is not None:
+            by_module.setdefault(module, []).append(item)
+    for module, module_items in by_module.items():
+        group = _xdist_group(module, module_items)
+        if group is not None:
+            for item in module_items:
+                item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +73,48 @@ def _seeded():
 
     torch.manual_seed(0)
     yield
+
+
+def _return_freed_heap_to_the_os() -> None:
+    """glibc keeps freed heap pages (a full-size model's weights) mapped to the process; a worker
+    that built one would hold several GB while it runs small tests next to a worker building
+    another. ``malloc_trim(0)`` gives them back. No-op off glibc."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_module_memory():
+    yield
+    _return_freed_heap_to_the_os()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With MOBILECLIP2_TEST_MEMORY_LOG=FILE, append per test: worker, test id, resident MB after it,
+    and the peak MB of this process and of its finished children so far (to size xdist groups)."""
+    yield
+    path = os.environ.get("MOBILECLIP2_TEST_MEMORY_LOG")
+    if not path or not os.path.exists("/proc/self/statm"):
+        return
+    import resource
+
+    peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(path, "a") as log:
+        log.write(f"{worker}\t{item.nodeid}\t{_rss_mb():.0f}\t{peak_self:.0f}\t{peak_children:.0f}\n")
 
 
 @pytest.fixture(scope="module", autouse=True)

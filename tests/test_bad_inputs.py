@@ -211,6 +211,27 @@ def _augmentation(config):
     return lambda files: Augmentation.from_config(config)
 
 
+def _nan_weights(role):
+    """A tiny teacher (CLIP) or captioner (CoCa) model folder whose weights hold a NaN."""
+
+    def call(files):
+        from train_support import COCA_CONFIG, teacher_config, write_model_dir
+
+        from mobileclip2.train.reinforce import Captioner
+        from mobileclip2.train.teachers import load_member
+
+        folder = Path(files["root"]) / f"nan-{role}"
+        config = COCA_CONFIG if role == "captioner" else teacher_config(32, 32, [0.5] * 3, [0.5] * 3)
+        name = write_model_dir(folder, config, seed=0)
+        weights = folder / "open_clip_pytorch_model.bin"
+        state = torch.load(weights, weights_only=True)
+        state["logit_scale"] = torch.tensor(float("nan"))
+        torch.save(state, weights)
+        (Captioner if role == "captioner" else load_member)(name, None, "cpu")
+
+    return call
+
+
 def _convert_check(src, dst, overwrite=False):
     from mobileclip2.commands.convert import check_destination
 
@@ -227,6 +248,7 @@ def _rows() -> list[Row]:
     )
     from mobileclip2.train.args import TrainArgsError
     from mobileclip2.train.data import CropMismatchError, DRDataError
+    from mobileclip2.train.teachers import TeacherError
 
     return [
         # names and tags
@@ -408,6 +430,16 @@ def _rows() -> list[Row]:
             ("unknown augmentation 'sharpen'",),
             ("known:",),
         ),
+        *[
+            Row(
+                f"{role}-nan-weights",
+                _nan_weights(role),
+                TeacherError,
+                (f"{role} ", "non-finite (NaN/inf) weights in logit_scale"),
+                ("check that the checkpoint is complete",),
+            )
+            for role in ("teacher", "captioner")
+        ],
         # convert's output rules (the CLI rows below run them end to end)
         Row(
             "convert-onto-input",

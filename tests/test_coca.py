@@ -12,6 +12,7 @@ from __future__ import annotations
 import open_clip
 import pytest
 import torch
+from model_support import initialize_what_upstream_leaves_empty
 
 from mobileclip2 import plugin
 
@@ -57,6 +58,7 @@ def captioner(tmp_path_factory):
 
     torch.manual_seed(0)
     model = open_clip.create_model(NAME)
+    initialize_what_upstream_leaves_empty(model)
     path = tmp_path_factory.mktemp("coca") / "mobileclip2_coca_context256.safetensors"
     state = {key: value.to(torch.bfloat16).contiguous() for key, value in model.state_dict().items()}
     del model

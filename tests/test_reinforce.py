@@ -72,6 +72,31 @@ def reference(ws) -> dict[str, bytes]:
     return _shards(output)
 
 
+def test_generated_captioner_weights_do_not_depend_on_the_heap(tmp_path, monkeypatch):
+    """open_clip leaves CoCa's text_decoder.text_projection as torch.empty (see
+    train_support.initialize_what_upstream_leaves_empty): with a heap full of NaN the written weights
+    must still be the same finite values, or the reference below depends on what ran before it."""
+    import torch
+
+    empty = torch.empty
+
+    def nan_filled(*args, **kwargs):
+        tensor = empty(*args, **kwargs)
+        return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
+
+    clean = write_model_dir(tmp_path / "clean", COCA_CONFIG, seed=3)
+    monkeypatch.setattr(torch, "empty", nan_filled)
+    dirty = write_model_dir(tmp_path / "dirty", COCA_CONFIG, seed=3)
+    monkeypatch.undo()
+    weights = [
+        torch.load(Path(folder.removeprefix("local-dir:")) / "open_clip_pytorch_model.bin", weights_only=True)
+        for folder in (clean, dirty)
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    for key, value in weights[0].items():
+        assert torch.equal(value, weights[1][key]), key
+
+
 def test_reference_shards_hold_every_payload(ws, reference):
     for name in NAMES:
         samples = read_shard(str(ws["root"] / "reference" / name))

@@ -56,7 +56,7 @@ from ..reinforce import storage
 from ..reinforce.manifest import CONFIG, MANIFEST, RECORDS, Plan, plan_run, record_name
 from .augment import Augmentation, as_height_width, decode_image, enabled_steps
 from .data import EMBEDDING_KEYS, _image_key
-from .teachers import TeacherEnsemble, TeacherError, parse_teacher_specs
+from .teachers import TeacherEnsemble, TeacherError, parse_teacher_specs, require_finite_weights
 
 __all__ = [
     "DEFAULT_AUGMENTATION",
@@ -224,6 +224,7 @@ class Captioner:
         )
         if not hasattr(self.model, "generate"):
             raise TeacherError(f"captioner {name!r} cannot generate text (not a CoCa model)")
+        require_finite_weights(self.model, f"captioner {name!r}", pretrained)
         self.model.eval().requires_grad_(False)
         self.device = torch.device(device)
         self.dtype = dtype

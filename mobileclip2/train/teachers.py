@@ -76,6 +76,26 @@ class Member:
     logit_scale: float
 
 
+def require_finite_weights(model: nn.Module, role: str, pretrained: str | None) -> None:
+    """Refuse a model with NaN/inf weights before it writes a single embedding or caption.
+
+    Why: a corrupt checkpoint, or a parameter that upstream never initializes (open_clip 2.24 - 3.3
+    leave CoCa's ``text_decoder.text_projection`` as ``torch.empty`` when no weights are loaded:
+    open_clip PR 551 / issue 554), would otherwise be reinforced into every shard, or surface much
+    later as a sampling error with no hint of the cause."""
+    bad = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
+    if bad:
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise TeacherError(
+            f"{role} has non-finite (NaN/inf) weights in {shown} (weights: {pretrained or 'none loaded'}); "
+            "check that the checkpoint is complete and belongs to this model, or pass pretrained weights"
+        )
+
+
 def load_member(
     name: str, pretrained: str | None, device: str | torch.device = "cpu", cache_dir: str | None = None
 ) -> Member:
@@ -84,6 +104,7 @@ def load_member(
     model = open_clip.create_model(name, pretrained=pretrained, device=device, cache_dir=cache_dir)
     if not hasattr(model, "encode_image") or not hasattr(model, "encode_text"):
         raise TeacherError(f"teacher {name!r} is not a CLIP model (no encode_image/encode_text)")
+    require_finite_weights(model, f"teacher {name!r}", pretrained)
     model.eval().requires_grad_(False)
     cfg = model.visual.preprocess_cfg
     tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)

@@ -40,3 +40,17 @@ def inputs(model: nn.Module, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor
     text[:, 0] = 49406
     text[:, 10] = 49407  # end-of-text token: where MobileCLIP pools
     return image, text
+
+
+def initialize_what_upstream_leaves_empty(model) -> None:
+    """Seeded values for the parameters open_clip creates with ``torch.empty`` and never initializes.
+
+    open_clip 2.24 - 3.3: CoCa's ``MultimodalTransformer.text_projection`` (open_clip PR 551 /
+    issue 554). Left alone it holds whatever the heap held: zeros in a fresh process, NaN or huge
+    values late in a long test session, where it made the CoCa captioner's sampling fail (CI, one
+    run in several). Drawn like open_clip's other projections, N(0, width ** -0.5)."""
+    decoder = getattr(model, "text_decoder", None)
+    projection = getattr(decoder, "text_projection", None)
+    if projection is not None:
+        with torch.no_grad():
+            projection.normal_(std=decoder.width**-0.5)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from model_support import initialize_what_upstream_leaves_empty
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from temp_dirs import SESSION_DIR_PREFIX
 
@@ -79,6 +80,7 @@ def write_model_dir(path: Path, config: dict, seed: int | None) -> str:
     if seed is not None:
         torch.manual_seed(seed)
         model = open_clip.create_model(f"local-dir:{path}")
+        initialize_what_upstream_leaves_empty(model)
         torch.save(model.state_dict(), path / "open_clip_pytorch_model.bin")
     return f"local-dir:{path}"
 
