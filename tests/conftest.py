@@ -31,48 +31,51 @@ def pytest_configure(config):
         torch.set_num_threads(threads)
 
 
-# The xdist group of every module that builds full-size models (a ``big`` mark on any of its tests,
-# or ``XDIST_GROUP = BIG_MODELS_GROUP``): one worker runs them one after another, so two of them
-# (several GB each) never overlap on a 24 GB machine.
-BIG_MODELS_GROUP = "big-models"
+# How two pytest-xdist workers share the suite (``-n 2``): each test module is one unit, run
+# whole on one worker, because most modules share an expensive module fixture (a reference bundle,
+# an export, a training workspace). Exceptions, by file name:
+# - the modules that build full-size models (several GB each) form ONE unit, so two of them never
+#   overlap on a 24 GB machine;
+BIG_MODEL_FILES = (
+    "test_backbones.py",
+    "test_coca.py",
+    "test_convert.py",
+    "test_dtypes.py",
+    "test_equivalence.py",
+    "test_optimize.py",
+    "test_registration.py",
+    "test_reparam.py",
+)
+BIG_MODELS_UNIT = "big-models"
+# - modules whose tests are independent, minutes-long exports: each test is its own unit.
+PER_TEST_FILES = ("test_export_mobile.py",)
 
 
-def _xdist_group(module, items) -> str | None:
-    """``--dist loadgroup`` group of a module's tests; None: each test on its own.
-
-    Modules stay whole on one worker: most share an expensive module fixture (a reference bundle,
-    an export, a training workspace). A module whose tests are independent and long sets
-    ``XDIST_PER_TEST = True`` and its tests spread over the workers."""
-    if getattr(module, "XDIST_PER_TEST", False):
-        return None
-    explicit = getattr(module, "XDIST_GROUP", None)
-    if explicit:
-        return explicit
-    if any(item.get_closest_marker("big") for item in items):
-        return BIG_MODELS_GROUP
-    return module.__name__
+def xdist_unit(nodeid: str) -> str:
+    """The scheduling unit of a test id (see above)."""
+    path = nodeid.split("::", 1)[0]
+    file_name = path.rsplit("/", 1)[-1]
+    if file_name in PER_TEST_FILES:
+        return nodeid
+    if file_name in BIG_MODEL_FILES:
+        return BIG_MODELS_UNIT
+    return path
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into group suffixes
-def pytest_collection_modifyitems(config, items):
-    by_module: dict[object, list] = {}
-    for item in items:
-        module = getattr(item, "module", None)
-        if module is not None:
-            by_module.setdefault(module, []).append(item)
-    for module, module_items in by_module.items():
-        group = _xdist_group(module, module_items)
-        if group is not None:
-            for item in module_items:
-                item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config, log):
+    """Schedule by :func:`xdist_unit` (pytest-xdist 3.5 - 3.8, ``LoadScopeScheduling._split_scope``).
 
+    Why not ``--dist loadgroup`` with ``xdist_group`` marks: with pytest 9.2 the marks' node-id
+    suffixes no longer reach the scheduler and every test is scheduled on its own (pytest-xdist
+    issue 1386): module fixtures were built on both workers and a worker was OOM-killed. This
+    scheduler reads only the node ids, the same on every pytest version. Largest units first."""
+    from xdist.scheduler import LoadScopeScheduling
 
-@pytest.fixture(autouse=True)
-def _seeded():
-    import torch
+    class ModuleUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_unit(nodeid)
 
-    torch.manual_seed(0)
-    yield
+    return ModuleUnits(config, log)
 
 
 def _return_freed_heap_to_the_os() -> None:

@@ -19,8 +19,8 @@ from model_support import inputs, reference_model
 from mobileclip2.export import export_loaded
 
 MODELS = ["MobileCLIP2-S0", "MobileCLIP-S0"]
-# Each test makes its own export (minutes each; shared fixtures are cheap): let xdist spread them.
-XDIST_PER_TEST = True
+# Each test makes its own export (minutes each; shared fixtures are cheap): under xdist each test is
+# its own scheduling unit (tests/conftest.py PER_TEST_FILES).
 TOLERANCE = 1e-4
 INT8_MIN_COSINE = 0.5  # random weights, 3 calibration images: see the module docstring (ExecuTorch
 # int8 reached 0.86 on MobileCLIP2-S0's random-weight image tower here, ONNX QDQ 0.9999)
