@@ -1,4 +1,5 @@
-"""Shared pytest setup: seed torch and free each module's temp files.
+"""Shared pytest setup: seed torch, share the modules out to xdist workers, free each module's temp
+files and heap.
 
 Helper modules (tests/support/, tools/) are importable by plain name through pytest's `pythonpath`
 setting in pyproject.toml.
@@ -62,16 +63,41 @@ def xdist_unit(nodeid: str) -> str:
     return path
 
 
+def unit_priority(unit: str) -> int:
+    """Order in which units are handed out: the big-model unit first (the longest one that cannot be
+    split), then the single long export tests, then whole modules. Otherwise xdist hands out the
+    modules with most tests first and the minutes-long one-test export units come last, on one
+    worker, while the other idles."""
+    if unit == BIG_MODELS_UNIT:
+        return 0
+    return 1 if "::" in unit else 2
+
+
 def pytest_xdist_make_scheduler(config, log):
-    """Schedule by :func:`xdist_unit` (pytest-xdist 3.5 - 3.8, ``LoadScopeScheduling._split_scope``).
+    """Schedule by :func:`xdist_unit`, in :func:`unit_priority` order, whatever ``--dist`` says
+    (pytest-xdist 3.5 - 3.8: subclass of ``LoadScopeScheduling``, overriding ``_split_scope`` and
+    the ``workqueue`` it pops units from with ``popitem(last=False)``).
 
     Why not ``--dist loadgroup`` with ``xdist_group`` marks: with pytest 9.2 the marks' node-id
     suffixes no longer reach the scheduler and every test is scheduled on its own (pytest-xdist
     issue 1386): module fixtures were built on both workers and a worker was OOM-killed. This
-    scheduler reads only the node ids, the same on every pytest version. Largest units first."""
+    scheduler reads only the node ids, the same on every pytest version."""
+    from collections import OrderedDict
+
     from xdist.scheduler import LoadScopeScheduling
 
+    class UnitsByPriority(OrderedDict):
+        def popitem(self, last: bool = True):
+            if last:
+                return super().popitem(last=True)
+            unit = min(self, key=unit_priority)  # the first of the most urgent, in xdist's order
+            return unit, self.pop(unit)
+
     class ModuleUnits(LoadScopeScheduling):
+        def __init__(self, config, log=None):
+            super().__init__(config, log)
+            self.workqueue = UnitsByPriority()
+
         def _split_scope(self, nodeid: str) -> str:
             return xdist_unit(nodeid)
 

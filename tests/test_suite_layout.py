@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from conftest import BIG_MODEL_FILES, BIG_MODELS_UNIT, PER_TEST_FILES, xdist_unit
+from conftest import BIG_MODEL_FILES, BIG_MODELS_UNIT, PER_TEST_FILES, unit_priority, xdist_unit
 
 TESTS = Path(__file__).parent
 
@@ -22,3 +22,10 @@ def test_units_keep_modules_whole_and_big_models_together():
     )
     spread = [f"tests/{PER_TEST_FILES[0]}::test_a[1]", f"tests/{PER_TEST_FILES[0]}::test_a[2]"]
     assert xdist_unit(spread[0]) != xdist_unit(spread[1])
+
+
+def test_the_longest_units_are_handed_out_first():
+    units = ["tests/test_a.py", f"tests/{PER_TEST_FILES[0]}::test_x[1]", BIG_MODELS_UNIT, "tests/test_b.py"]
+    ordered = sorted(units, key=unit_priority)
+    assert ordered[:2] == [BIG_MODELS_UNIT, f"tests/{PER_TEST_FILES[0]}::test_x[1]"]
+    assert ordered[2:] == ["tests/test_a.py", "tests/test_b.py"]  # stable: xdist's order among modules
