@@ -73,6 +73,7 @@ def unit_priority(unit: str) -> int:
     return 1 if "::" in unit else 2
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest without xdist (`-p no:xdist`) must still run the suite
 def pytest_xdist_make_scheduler(config, log):
     """Schedule by :func:`xdist_unit`, in :func:`unit_priority` order, whatever ``--dist`` says
     (pytest-xdist 3.5 - 3.8: subclass of ``LoadScopeScheduling``, overriding ``_split_scope`` and
@@ -132,7 +133,7 @@ def _rss_mb() -> float:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """With MOBILECLIP2_TEST_MEMORY_LOG=FILE, append per test: worker, test id, resident MB after it,
-    and the peak MB of this process and of its finished children so far (to size xdist groups)."""
+    and the peak MB of this process and of its finished children so far (to size the xdist units)."""
     yield
     path = os.environ.get("MOBILECLIP2_TEST_MEMORY_LOG")
     if not path or not os.path.exists("/proc/self/statm"):
