@@ -105,6 +105,14 @@ def pytest_xdist_make_scheduler(config, log):
     return ModuleUnits(config, log)
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    import torch
+
+    torch.manual_seed(0)
+    yield
+
+
 def _return_freed_heap_to_the_os() -> None:
     """glibc keeps freed heap pages (a full-size model's weights) mapped to the process; a worker
     that built one would hold several GB while it runs small tests next to a worker building

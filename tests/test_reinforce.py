@@ -74,7 +74,7 @@ def reference(ws) -> dict[str, bytes]:
 
 def test_generated_captioner_weights_do_not_depend_on_the_heap(tmp_path, monkeypatch):
     """open_clip leaves CoCa's text_decoder.text_projection as torch.empty (see
-    train_support.initialize_what_upstream_leaves_empty): with a heap full of NaN the written weights
+    model_support.initialize_what_upstream_leaves_empty): with a heap full of NaN the written weights
     must still be the same finite values, or the reference below depends on what ran before it."""
     import torch
 
