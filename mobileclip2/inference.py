@@ -48,6 +48,7 @@ from .models.mci import fuse_bn
 
 __all__ = [
     "example_inputs",
+    "expand_depthwise_multipliers",
     "fold_affines",
     "onednn_available",
     "optimize",
@@ -318,6 +319,7 @@ def onednn_available() -> bool:
         return False
     try:  # some builds register the schema but not a CPU kernel
         _OneDNNConv2d(nn.Conv2d(2, 2, 1))(torch.zeros(1, 2, 1, 1))
+        _OneDNNConv2d(nn.Conv2d(2, 2, 1)).add_to(torch.zeros(1, 2, 1, 1), torch.zeros(1, 2, 1, 1))
         _OneDNNLinear(nn.Linear(2, 2))(torch.zeros(1, 2))
     except (RuntimeError, NotImplementedError, AttributeError):
         return False
@@ -365,9 +367,72 @@ class _OneDNNConv2d(nn.Module):
             self.algorithm,
         )
 
+    def add_to(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual + conv(x)`` in one oneDNN call (no activation)."""
+        return torch_ops.onednn_conv_add(
+            x, residual, self.packed_weight, self.bias, self.padding, self.stride, self.dilation, self.groups
+        )
+
     def extra_repr(self) -> str:
         post = f", post-op={self.unary}" if self.unary != "none" else ""
         return f"out_channels={self.out_channels}, groups={self.groups}, stride={self.stride}{post}"
+
+
+class _ExpandedDepthwise(nn.Module):
+    """A grouped conv with one input channel and ``multiplier`` outputs per group (the stride-2
+    downsampling convs of FastViT-MCi's PatchEmbed, e.g. 64 -> 128 channels in 64 groups) as a
+    depthwise conv over the input with every channel repeated ``multiplier`` times.
+
+    Output channel ``j`` sees input channel ``j // multiplier`` with weight ``j`` in both forms:
+    the same arithmetic. oneDNN runs the depthwise form in its depthwise kernel but the
+    multiplier form in a generic grouped kernel that pads each group to 16x16 channels; on
+    MobileCLIP2-S0 the four such convs took 4.6 ms of a ~45 ms image forward before, ~0.8 ms
+    after (2 threads, oneDNN verbose). The repeat is one copy of the (small) input.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.multiplier = conv.out_channels // conv.in_channels
+        channels = conv.out_channels
+        self.conv = nn.Conv2d(
+            channels,
+            channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            groups=channels,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+        ).to(conv.weight)
+        with torch.no_grad():
+            self.conv.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                self.conv.bias.copy_(conv.bias)
+
+    @staticmethod
+    def applies_to(module: nn.Module) -> bool:
+        return (
+            type(module) is nn.Conv2d
+            and module.groups == module.in_channels > 1
+            and module.out_channels > module.in_channels
+            and module.out_channels % module.in_channels == 0
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        pixels = x.permute(0, 2, 3, 1).unsqueeze(-1)  # NHWC view of a channels-last input, + repeat axis
+        repeated = pixels.expand(batch, height, width, channels, self.multiplier)
+        repeated = repeated.reshape(batch, height, width, channels * self.multiplier)
+        return self.conv(repeated.permute(0, 3, 1, 2))  # channels-last again, as oneDNN wants it
+
+
+def expand_depthwise_multipliers(model: nn.Module) -> nn.Module:
+    """Replace grouped convs with a channel multiplier by :class:`_ExpandedDepthwise`, in place."""
+    for parent, name, child in list(_children_to_replace(model)):
+        if _ExpandedDepthwise.applies_to(child):
+            setattr(parent, name, _ExpandedDepthwise(child))
+    return model
 
 
 class _OneDNNLinear(nn.Module):
@@ -526,11 +591,64 @@ def _fuse_activation(module: nn.Module) -> None:
     else:
         return
     layer = getattr(module, layer_name, None)
+    if isinstance(layer, _ExpandedDepthwise):
+        layer = layer.conv
     attr = _unary_attr(act)
     if attr is None or not isinstance(layer, (_OneDNNConv2d, _OneDNNLinear)) or layer.unary != "none":
         return
     layer.unary, layer.algorithm = attr
     module.act = nn.Identity()
+
+
+class _ResidualConvMlpBlock(nn.Module):
+    """FastViT-MCi's RepMixer and attention blocks once folded, with the MLP branch's residual add
+    fused into the MLP's last 1x1 conv (a oneDNN binary post-op: one pass over the activations
+    fewer, the same sums).
+
+    Computes what timm's / our ``RepMixerBlock.forward`` (``x = token_mixer(x)``; the mixer's skip
+    connection is inside its fused conv) and ``AttentionBlock.forward`` (``x = x +
+    token_mixer(norm(x))``) compute, then ``x + mlp(x)``, for blocks whose layer scales were
+    folded and whose drop paths are the identity; ``ConvMlp``'s dropouts are the identity at
+    inference.
+    """
+
+    def __init__(self, block: nn.Module, mixer_adds_input: bool):
+        super().__init__()
+        self.norm = getattr(block, "norm", nn.Identity())
+        self.token_mixer = block.token_mixer
+        self.mlp = block.mlp
+        self.mixer_adds_input = mixer_adds_input
+
+    @staticmethod
+    def wrap(block: nn.Module) -> _ResidualConvMlpBlock | None:
+        """The fused block, or None when ``block`` is not one whose forward is known to be this."""
+        types = block_types()
+        if isinstance(block, types.repmixer_block_2d):
+            identities, mixer_adds_input = ("layer_scale", "drop_path"), False
+        elif isinstance(block, types.attention_block):
+            identities = ("layer_scale_1", "layer_scale_2", "drop_path1", "drop_path2")
+            mixer_adds_input = True
+        else:
+            return None
+        mlp = getattr(block, "mlp", None)
+        fc2 = getattr(mlp, "fc2", None)
+        known = (
+            all(isinstance(getattr(block, name, None), nn.Identity) for name in identities)
+            and isinstance(mlp, types.conv_mlp)
+            and all(isinstance(getattr(mlp, name, None), nn.Module) for name in ("conv", "fc1", "act"))
+            and isinstance(getattr(mlp, "drop", nn.Identity()), (nn.Identity, nn.Dropout))
+            and isinstance(fc2, _OneDNNConv2d)
+            and fc2.unary == "none"
+        )
+        return _ResidualConvMlpBlock(block, mixer_adds_input) if known else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mixer_adds_input:
+            x = x + self.token_mixer(self.norm(x))
+        else:
+            x = self.token_mixer(x)
+        mlp = self.mlp
+        return mlp.fc2.add_to(mlp.act(mlp.fc1(mlp.conv(x))), x)
 
 
 def _supported_conv(conv: nn.Conv2d) -> bool:
@@ -580,11 +698,17 @@ _KEEP_AS_IS = frozenset({"text_projection"})
 def use_onednn(model: nn.Module) -> nn.Module:
     """Swap convs, linears and self-attention blocks for oneDNN ones with prepacked weights, in place.
 
-    The model must be on CPU in float32 and in eval mode. One batch-1 forward of each tower
-    records every conv's input shape, from which oneDNN picks the weight layout. Layers inside an
-    ``nn.MultiheadAttention`` are only replaced together with their whole block (the module
-    reads its projection weights directly), so unrecognised attention modules stay as they are.
+    The model must be on CPU in float32 and in eval mode. Grouped convs with a channel
+    multiplier become depthwise ones (:class:`_ExpandedDepthwise`). One batch-1 forward of each
+    tower records every conv's input shape, from which oneDNN picks the weight layout. Layers
+    inside an ``nn.MultiheadAttention`` are only replaced together with their whole block (the
+    module reads its projection weights directly), so unrecognised attention modules stay as they
+    are. Activations are fused into the layer before them, FastViT-MCi blocks get their MLP's
+    residual add fused (:class:`_ResidualConvMlpBlock`), and the image tower takes its input in
+    channels-last layout, the one oneDNN's convs run in (an NCHW image made the first conv
+    reorder it on every call).
     """
+    expand_depthwise_multipliers(model)
     sizes = _conv_input_sizes(model)
     for parent, name, child in list(_children_to_replace(model)):
         if _OneDNNSelfAttentionBlock.supports(child):
@@ -598,6 +722,13 @@ def use_onednn(model: nn.Module) -> nn.Module:
             setattr(parent, name, _OneDNNLinear(child))
     for module in model.modules():
         _fuse_activation(module)
+    for parent, name, child in list(_children_to_replace(model)):
+        fused = _ResidualConvMlpBlock.wrap(child)
+        if fused is not None:
+            setattr(parent, name, fused)
+    visual = getattr(model, "visual", None)
+    if isinstance(visual, nn.Module) and not isinstance(visual, _ImageInput):
+        model.visual = _ImageInput(visual, None, channels_last=True)
     return model
 
 

@@ -19,9 +19,12 @@ from mobileclip2 import benchmarking
 from mobileclip2.compat.block_types import block_types
 from mobileclip2.inference import (
     _CausalPrefixText,
+    _ExpandedDepthwise,
+    _ImageInput,
     _OneDNNConv2d,
     _OneDNNLinear,
     _OneDNNSelfAttentionBlock,
+    _ResidualConvMlpBlock,
     fold_affines,
     onednn_available,
     optimize,
@@ -81,6 +84,47 @@ def test_optimized_uses_prepacked_onednn_layers(pair):
     assert not any(isinstance(m, (nn.BatchNorm2d, nn.MultiheadAttention)) for m in optimized.modules()), name
     fused_gelu = [m for m in optimized.modules() if getattr(m, "unary", None) == "gelu"]
     assert len(fused_gelu) > 10  # GELU runs as a oneDNN post-op, not a separate pass
+    # Every MCi block's MLP adds its residual inside fc2; no grouped conv with a channel
+    # multiplier is left for oneDNN's slow generic grouped kernel; images enter channels-last.
+    assert sum(isinstance(m, _ResidualConvMlpBlock) for m in optimized.modules()) >= 20, name
+    assert _ExpandedDepthwise in kinds
+    assert not any(_ExpandedDepthwise.applies_to(m) for m in optimized.modules())
+    assert isinstance(optimized.visual, _ImageInput) and optimized.visual.memory_format == torch.channels_last
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_expanded_depthwise_computes_the_grouped_conv(channels_last):
+    """A 7x7 stride-2 conv with 2 outputs per input channel (FastViT's PatchEmbed) and its
+    depthwise form agree to rounding, on either memory format and through oneDNN too."""
+    grouped = nn.Conv2d(8, 16, 7, stride=2, padding=3, groups=8).eval()
+    expanded = _ExpandedDepthwise(grouped)
+    assert _ExpandedDepthwise.applies_to(grouped) and expanded.multiplier == 2
+    image = torch.randn(2, 8, 15, 15)
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want = grouped(image)
+        assert torch.allclose(expanded(image), want, atol=1e-6, rtol=0)
+        if onednn_available():
+            expanded.conv = _OneDNNConv2d(expanded.conv, input_size=[1, 16, 15, 15])
+            assert torch.allclose(expanded(image), want, atol=1e-5, rtol=0)
+    for plain in (nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 16, 1), nn.Conv2d(8, 16, 3, groups=4)):
+        assert not _ExpandedDepthwise.applies_to(plain)
+
+
+def test_residual_fusion_only_takes_blocks_whose_forward_is_known():
+    """A block whose layer scale was not folded (or with an unknown MLP) keeps its own forward."""
+    optimized = optimize(reference_model("MobileCLIP2-S0"))
+    fused = next(m for m in optimized.modules() if isinstance(m, _ResidualConvMlpBlock))
+    block = block_types().repmixer_block_2d[0].__new__(block_types().repmixer_block_2d[0])
+    nn.Module.__init__(block)
+    block.token_mixer, block.mlp = fused.token_mixer, fused.mlp
+    block.layer_scale, block.drop_path = nn.Identity(), nn.Identity()
+    assert _ResidualConvMlpBlock.wrap(block) is not None
+    block.layer_scale = nn.Dropout(0.5)  # anything that is not the identity
+    assert _ResidualConvMlpBlock.wrap(block) is None
+    block.layer_scale, block.mlp = nn.Identity(), nn.Sequential(nn.Conv2d(2, 2, 1))
+    assert _ResidualConvMlpBlock.wrap(block) is None
 
 
 def test_optimize_leaves_the_input_model_alone():

@@ -27,6 +27,7 @@ class BlockTypes:
     mobileone: tuple[type[nn.Module], ...]  # act(se(reparam_conv(x))) once fused
     large_kernel: tuple[type[nn.Module], ...]  # act(se(reparam_conv(x))) once fused
     repmixer_block: tuple[type[nn.Module], ...]  # x = mixer(x); x + layer_scale(mlp(x))
+    repmixer_block_2d: tuple[type[nn.Module], ...]  # the same on NCHW images (not MCt's [B, L, C])
     attention_block: tuple[type[nn.Module], ...]  # x + ls1(attn(norm(x))); x + ls2(mlp(x))
     conv_mlp: tuple[type[nn.Module], ...]  # fc2(act(fc1(conv(x))))
     layer_scale: tuple[type[nn.Module], ...]  # x * gamma
@@ -55,6 +56,7 @@ def block_types() -> BlockTypes:
         mobileone=_classes(f"{fv}.MobileOneBlock", f"{ours}.MobileOneBlock"),
         large_kernel=_classes(f"{fv}.ReparamLargeKernelConv", f"{ours}.ReparamLargeKernelConv"),
         repmixer_block=_classes(f"{fv}.RepMixerBlock", f"{ours}.RepMixerBlock", f"{mct}.RepMixerBlock1d"),
+        repmixer_block_2d=_classes(f"{fv}.RepMixerBlock", f"{ours}.RepMixerBlock"),
         attention_block=_classes(f"{fv}.AttentionBlock", f"{ours}.AttentionBlock"),
         conv_mlp=_classes(f"{fv}.ConvMlp", f"{ours}.ConvMlp", f"{mct}.ConvMlp1d", "timm.layers.Mlp"),
         layer_scale=_classes(

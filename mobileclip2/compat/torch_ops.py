@@ -28,6 +28,7 @@ __all__ = [
     "mha_fastpath_disabled",
     "mha_packed_qkv",
     "onednn_conv",
+    "onednn_conv_add",
     "onednn_linear",
     "onednn_linear_add",
     "onednn_ops_present",
@@ -83,6 +84,22 @@ def onednn_conv(
 ) -> torch.Tensor:
     return torch.ops.mkldnn._convolution_pointwise(
         x, packed_weight, bias, padding, stride, dilation, groups, unary, [], algorithm
+    )
+
+
+def onednn_conv_add(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    packed_weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: list[int],
+    stride: list[int],
+    dilation: list[int],
+    groups: int,
+) -> torch.Tensor:
+    """``residual + conv(x)`` in one oneDNN call (binary post-op, no activation)."""
+    return torch.ops.mkldnn._convolution_pointwise.binary(
+        x, residual, packed_weight, bias, padding, stride, dilation, groups, "add", None, None, [], None
     )
 
 
