@@ -14,7 +14,7 @@ Method (mobileclip2.benchmarking): artifacts are exported once per model in this
 (model, thread count) every runtime is then built in its own worker process (ExecuTorch's
 threadpool is sized once, before the first program loads; no runtime's threads or caches touch
 another's), checked against ``upstream`` first (fp32: max abs diff, int8: cosine), then timed
-round-robin, one call each per round, order reversed every other round (a slow spell of the shared
+round-robin, one call each per round, order rotated every round, no runtime twice in a row (a slow spell of the shared
 machine hits all of them); ONNX Runtime runs with thread spinning off. Upstream is also timed with
 no other runtime called (half the rounds before, half after): if its median alone and among the
 others differ by more than 10%, the (model, tower, threads) group is marked invalid. Reported: median
@@ -211,7 +211,7 @@ def section(results: dict, meta: dict) -> str:
         "- method: each runtime built and called in its own process (spawned worker per runtime, model and "
         f"thread count, OMP_WAIT_POLICY {meta['omp_wait_policy']}; the others wait blocked on a pipe while one "
         "is timed; the worker times its own call); "
-        f"runtimes alternated, one call each per round, order reversed every other round, {meta['rounds']} rounds "
+        f"runtimes alternated, one call each per round, order rotated every round (no runtime twice in a row), {meta['rounds']} rounds "
         "after 3 warm-up; ONNX Runtime thread spinning off; speed-up = median over rounds of upstream time / "
         "runtime time; check = upstream's median time alone (half the rounds before, half after) vs among the "
         "other runtimes, a group beyond 10% is marked invalid (do not quote it). Random weights; int8 calibrated on synthetic inputs "

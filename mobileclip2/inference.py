@@ -19,8 +19,11 @@ it measured faster (docs/benchmarks.md holds the numbers and what was tried and 
    MobileCLIP-S0's MCt).
 4. **CPU, fp32: oneDNN with prepacked weights** (:func:`use_onednn`): convs and linears call the
    oneDNN ops inductor emits for CPU with weights reordered once into oneDNN's blocked layout
-   (chosen for the shapes a batch-1 probe sees), GELU fused into the layer before it, the text
-   transformer's residual adds fused into its projections, attention in SDPA.
+   (chosen for the shapes a batch-1 probe sees), GELU fused into the layer before it, residual
+   adds fused into the output projections of the text transformer and the last 1x1 conv of each
+   FastViT-MCi block's MLP, grouped convs with a channel multiplier run as depthwise convs
+   (oneDNN's generic grouped kernel was ~5x slower on them), images taken channels-last,
+   attention in SDPA.
 5. **Other devices / dtypes** (``dtype=``, ``channels_last=``, ``compile=``): cast to bf16/fp16
    (open_clip's ``LayerNormFp32`` keeps fp32 weights, as it computes in fp32), channels-last
    image tower, and ``torch.compile`` of each tower (``compile="reduce-overhead"`` adds CUDA

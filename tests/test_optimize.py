@@ -232,9 +232,20 @@ def test_paired_samples_alternate_the_order():
     timers = {
         name: benchmarking.timed(lambda name=name: calls.append(name)) for name in ("upstream", "ours", "ort")
     }
-    samples = benchmarking.paired_samples(timers, rounds=2, warmup=0)
-    assert calls == ["upstream", "ours", "ort", "ort", "ours", "upstream"]
-    assert all(len(times) == 2 for times in samples.values())
+    samples = benchmarking.paired_samples(timers, rounds=3, warmup=0)
+    assert calls == ["upstream", "ours", "ort", "ours", "ort", "upstream", "ort", "upstream", "ours"]
+    assert all(len(times) == 3 for times in samples.values())
+
+
+@pytest.mark.parametrize("runtimes", [2, 3, 4])
+def test_no_runtime_is_timed_twice_in_a_row(runtimes):
+    """A call right after the same runtime's own call finds its weights in cache (faster)."""
+    names = [f"r{i}" for i in range(runtimes)]
+    calls = [name for index in range(12) for name in benchmarking.round_order(names, index)]
+    assert all(a != b for a, b in zip(calls, calls[1:]))
+    positions = {name: [benchmarking.round_order(names, i).index(name) for i in range(12)] for name in names}
+    if runtimes > 2:  # every runtime takes every position equally often
+        assert all(sorted(p) == sorted(positions[names[0]]) for p in positions.values())
 
 
 def test_interference_check_flags_a_disturbed_baseline():
