@@ -155,8 +155,9 @@ def render_cpu(results, peak, overhead, meta) -> str:
         "its own call, the pipe is not in the timing); before timing, each runtime's output is checked against "
         f"upstream's on the same input (max abs diff <= {bm.PARITY_LIMIT:g}).",
         f"- timing: runtimes called alternately, order rotated every round (no runtime twice in a row), {meta['rounds']}; speedup = "
-        "median over rounds of upstream time / runtime time; check = upstream's median time alone (half the "
-        "rounds before, half after) vs among the other runtimes, invalid beyond 10%.",
+        "median over rounds of upstream time / runtime time; check = upstream's median time alone, alternated "
+        "with a twin upstream worker so its weights are as cold as among the others (half the rounds before, "
+        "half after), vs among the other runtimes, invalid beyond 10%.",
         f"- dense fp32 matmul, same run ({meta['mm_size']}^3): torch.mm {peak['torch.mm']:.0f} GFLOP/s"
         + (
             f", oneDNN prepacked {peak['onednn']:.0f} GFLOP/s (the peak the % column uses)"

@@ -24,26 +24,32 @@ def recipe(runtime: str, builder: str, threads: int = 1, **options) -> bm.Recipe
 
 def test_each_runtime_runs_in_its_own_process_in_the_paired_order(tmp_path):
     log = tmp_path / "calls.txt"
-    recipes = [recipe(name, "build_pid", log=str(log)) for name in ("upstream", "ours", "ort")]
+    names = ("upstream", "ours", "ort", bm.TWIN)
+    recipes = [recipe(name, "build_pid", log=str(log)) for name in names]
     with contextlib.ExitStack() as stack:
         workers = bm.start_isolated(recipes, stack)
         processes = [worker.process for worker in workers.values()]
         inputs = np.arange(6.0).reshape(2, 3)
         outputs = {name: worker.prepare("image", inputs) for name, worker in workers.items()}
-        assert bm.check_outputs(outputs) == {"upstream": 0.0, "ours": 0.0, "ort": 0.0}
+        assert bm.check_outputs(outputs) == dict.fromkeys(names, 0.0)
         log.write_text("")
-        timers = {name: worker.time_call for name, worker in workers.items()}
-        rows = bm.measure_group("fake", "image", 2, timers, flops=10, rounds=4, warmup=1)
+        timers = {name: workers[name].time_call for name in names[:3]}
+        rows = bm.measure_group(
+            "fake", "image", 2, timers, flops=10, rounds=4, warmup=1, twin=workers[bm.TWIN].time_call
+        )
     assert not any(process.is_alive() for process in processes)  # closed with the stack
 
     calls = [line.split() for line in log.read_text().splitlines()]
-    pids = {name: {pid for runtime, pid in calls if runtime == name} for name in ("upstream", "ours", "ort")}
+    pids = {name: {pid for runtime, pid in calls if runtime == name} for name in names}
     assert all(len(found) == 1 for found in pids.values())  # one process per runtime...
-    assert len(set.union(*pids.values()) | {str(os.getpid())}) == 4  # ... none of them this one
+    assert len(set.union(*pids.values()) | {str(os.getpid())}) == 5  # ... none of them this one
     order = [runtime for runtime, _ in calls]
-    forward, backward = ["upstream", "ours", "ort"], ["ort", "ours", "upstream"]
-    # warm-up of upstream, 2 alone, warm-up round, 4 rounds alternating, 2 alone
-    assert order == ["upstream"] * 3 + forward + (forward + backward) * 2 + ["upstream"] * 2
+    up, ours, ort, twin = names
+    alone = [up, twin, up, twin]  # "alone": alternated with the twin, never back to back
+    rotated = [up, ours, ort, ours, ort, up, ort, up, ours, up, ours, ort]
+    # warm-up of upstream, 2 alone, warm-up round, 4 rotated rounds, 2 alone
+    assert order == [up] + alone + [up, ours, ort] + rotated + alone
+    assert all(a != b for a, b in zip(order[1:], order[2:]))  # nobody twice in a row after warm-up
     assert [row.runtime for row in rows] == ["upstream", "ours", "ort"]
     assert all(len(row.samples) == 4 and all(isinstance(s, float) for s in row.samples) for row in rows)
     assert all(row.speedup == bm.median_ratio(rows[0].samples, row.samples) for row in rows)
