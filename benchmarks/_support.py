@@ -89,6 +89,20 @@ def cpu_matmul_gflops(size: int = 2048, seconds: float = 1.0) -> dict[str, float
     return results
 
 
+def cpu_copy_gbytes(megabytes: int = 256, seconds: float = 0.5) -> float:
+    """Memory bandwidth of a large fp32 copy (read + write, GB/s) at the current thread count.
+
+    Batch-1 towers stream their weights from memory on every call (MobileCLIP2-S0's text tower:
+    151 MB), so on a shared machine a neighbour's memory traffic moves them even when the cores
+    are idle: 16-18 GB/s and 2.3 GB/s were both measured on the same 2-core VM on 2026-11-30.
+    """
+    import torch
+
+    source = torch.randn(megabytes * 2**20 // 4)
+    target = torch.empty_like(source)
+    return 2 * source.numel() * 4 / best_time(lambda: target.copy_(source), seconds) / 1e9
+
+
 def cuda_matmul_tflops(size: int = 8192, dtype_name: str = "bfloat16") -> float:
     """Dense matmul TFLOP/s of the current CUDA device on random data (the arithmetic ceiling)."""
     import torch

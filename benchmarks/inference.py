@@ -141,7 +141,14 @@ def render_cpu(results, peak, overhead, meta) -> str:
         f"({'valid' if valid else '**INVALID: some groups failed the interference check; do not quote them**'}).",
         "",
         f"- device: CPU, {meta['cpu']}, {meta['cores']} cores visible, torch threads {meta['threads']}; "
-        f"load average (1, 5, 15 min) before / after: {meta['load_before']} / {meta['load_after']}",
+        f"load average (1, 5, 15 min) before / after: {meta['load_before']} / {meta['load_after']}; "
+        + (
+            "fp32 copy bandwidth (read + write) before / after: "
+            + " / ".join(f"{gbytes:.1f}" for gbytes in meta["bandwidth"])
+            + " GB/s (batch-1 towers stream their weights from memory every call)"
+            if meta.get("bandwidth")
+            else "memory bandwidth not measured"
+        ),
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         "- runtimes: upstream = `open_clip.create_model` + `timm.utils.reparameterize_model`, eager; "
         "ours = `mobileclip2.optimize(model)`; onnxruntime = the reparameterized model exported to ONNX, "
@@ -185,7 +192,9 @@ def run_cpu(args) -> int:
     load_before = _support.load_average()
     started = time.time()
     peak = _support.cpu_matmul_gflops(2048)
+    bandwidth_before = _support.cpu_copy_gbytes()
     print("dense matmul GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()), flush=True)
+    print(f"copy bandwidth: {bandwidth_before:.1f} GB/s", flush=True)
 
     def rounds(batch: int) -> int:
         return (args.rounds if batch == 1 else max(3, args.rounds // 4)) if not args.quick else 4
@@ -211,6 +220,7 @@ def run_cpu(args) -> int:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "load_before": load_before,
         "load_after": _support.load_average(),
+        "bandwidth": (bandwidth_before, _support.cpu_copy_gbytes()),
         "versions": bm.package_versions("open_clip_torch", "timm", "onnxruntime", "mobileclip2"),
         "rounds": "; ".join(f"batch {b}: {rounds(b)} rounds" for b in args.batches),
         "mm_size": 2048,
