@@ -388,9 +388,10 @@ class _ExpandedDepthwise(nn.Module):
 
     Output channel ``j`` sees input channel ``j // multiplier`` with weight ``j`` in both forms:
     the same arithmetic. oneDNN runs the depthwise form in its depthwise kernel but the
-    multiplier form in a generic grouped kernel that pads each group to 16x16 channels; on
-    MobileCLIP2-S0 the four such convs took 4.6 ms of a ~45 ms image forward before, ~0.8 ms
-    after (2 threads, oneDNN verbose). The repeat is one copy of the (small) input.
+    multiplier form in a generic grouped kernel that pads each group to 16x16 channels (on
+    MobileCLIP2-S0 the four such convs took 4.6 ms of a ~45 ms image forward, oneDNN verbose);
+    the whole tower measured 1.04x faster with this at 2 threads, 1.31x at 1 thread
+    (docs/benchmarks.md). The repeat is one copy of the (small) input.
     """
 
     def __init__(self, conv: nn.Conv2d):
