@@ -82,25 +82,37 @@ def _is_plain_bn(module: nn.Module | None) -> bool:
 
 
 @torch.no_grad()
-def _conv_with_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    scale, shift = _bn_scale_shift(bn)
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
+def _conv_like(
+    conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None, groups: int | None = None
+) -> nn.Conv2d:
+    """A Conv2d with ``conv``'s geometry (kernel, stride, padding, dilation, padding mode) holding
+    ``weight`` and ``bias`` (None: no bias), on their device and dtype; ``groups`` replaces
+    ``conv.groups`` (the channel counts follow from ``weight``'s shape)."""
+    groups = groups or conv.groups
+    rebuilt = nn.Conv2d(
+        weight.shape[1] * groups,
+        weight.shape[0],
         conv.kernel_size,
         conv.stride,
         conv.padding,
         conv.dilation,
-        conv.groups,
-        bias=True,
+        groups,
+        bias=bias is not None,
         padding_mode=conv.padding_mode,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
+        device=weight.device,
+        dtype=weight.dtype,
     )
-    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    rebuilt.weight.copy_(weight)
+    if bias is not None:
+        rebuilt.bias.copy_(bias)
+    return rebuilt
+
+
+@torch.no_grad()
+def _conv_with_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    scale, shift = _bn_scale_shift(bn)
     bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
-    fused.bias.copy_(bias * scale + shift)
-    return fused
+    return _conv_like(conv, conv.weight * scale.reshape(-1, 1, 1, 1), bias * scale + shift)
 
 
 def _conv_bn_pair(module: nn.Module) -> tuple[nn.Conv2d, nn.BatchNorm2d] | None:
@@ -397,22 +409,7 @@ class _ExpandedDepthwise(nn.Module):
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
         self.multiplier = conv.out_channels // conv.in_channels
-        channels = conv.out_channels
-        self.conv = nn.Conv2d(
-            channels,
-            channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            groups=channels,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-        ).to(conv.weight)
-        with torch.no_grad():
-            self.conv.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                self.conv.bias.copy_(conv.bias)
+        self.conv = _conv_like(conv, conv.weight, conv.bias, groups=conv.out_channels)
 
     @staticmethod
     def applies_to(module: nn.Module) -> bool:
