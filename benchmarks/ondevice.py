@@ -16,8 +16,9 @@ threadpool is sized once, before the first program loads; no runtime's threads o
 another's), checked against ``upstream`` first (fp32: max abs diff, int8: cosine), then timed
 round-robin, one call each per round, order rotated every round, no runtime twice in a row (a slow spell of the shared
 machine hits all of them); ONNX Runtime runs with thread spinning off. Upstream is also timed with
-no other runtime called (half the rounds before, half after): if its median alone and among the
-others differ by more than 10%, the (model, tower, threads) group is marked invalid. Reported: median
+no other runtime called, alternated with a twin (upstream again, in a worker of its own: the same
+cache state as among the others), half the rounds before and half after: if its median alone and
+among the others differ by more than 10%, the (model, tower, threads) group is marked invalid. Reported: median
 ms, and the median over rounds of the per-round ratio upstream / runtime (speed-up). The results
 section of docs/benchmarks.md is rewritten by this command.
 """
@@ -104,7 +105,7 @@ def build_runtime(recipe) -> object:
     from mobileclip2 import benchmarking
     from mobileclip2.export.pipeline import file_names, format_module
 
-    if recipe.runtime == "upstream":
+    if recipe.runtime in ("upstream", benchmarking.TWIN):
         return benchmarking.build_upstream(recipe)
     if recipe.runtime == "optimize":
         return benchmarking.build_ours(recipe)
@@ -154,16 +155,19 @@ def time_model(name: str, directory: Path, threads: int, rounds: int) -> dict:
         bm.Recipe(
             name, runtime, threads, builder="ondevice:build_runtime", options=(("directory", str(directory)),)
         )
-        for runtime in RUNTIMES
+        for runtime in (*RUNTIMES, bm.TWIN)  # the twin: upstream again, the interference check's partner
     ]
     out: dict = {"towers": {}}
     with contextlib.ExitStack() as stack:
         workers = bm.start_isolated(recipes, stack)
         for tower in ("image", "text"):
-            outputs = {runtime: worker.prepare(tower, inputs[tower]) for runtime, worker in workers.items()}
+            outputs = {runtime: workers[runtime].prepare(tower, inputs[tower]) for runtime in RUNTIMES}
+            workers[bm.TWIN].prepare(tower, inputs[tower])
             checks = {runtime: check(runtime, got, outputs["upstream"]) for runtime, got in outputs.items()}
-            timers = {runtime: worker.time_call for runtime, worker in workers.items()}
-            rows = bm.measure_group(name, tower, 1, timers, flops=0, rounds=rounds, warmup=3)
+            timers = {runtime: workers[runtime].time_call for runtime in RUNTIMES}
+            rows = bm.measure_group(
+                name, tower, 1, timers, flops=0, rounds=rounds, warmup=3, twin=workers[bm.TWIN].time_call
+            )
             out["towers"][tower] = {
                 row.runtime: {
                     "ms": 1e3 * row.seconds,
@@ -213,7 +217,8 @@ def section(results: dict, meta: dict) -> str:
         "is timed; the worker times its own call); "
         f"runtimes alternated, one call each per round, order rotated every round (no runtime twice in a row), {meta['rounds']} rounds "
         "after 3 warm-up; ONNX Runtime thread spinning off; speed-up = median over rounds of upstream time / "
-        "runtime time; check = upstream's median time alone (half the rounds before, half after) vs among the "
+        "runtime time; check = upstream's median time alone, alternated with a twin upstream worker (half the "
+        "rounds before, half after), vs among the "
         "other runtimes, a group beyond 10% is marked invalid (do not quote it). Random weights; int8 calibrated on synthetic inputs "
         "(latency and size only; fidelity: docs/deployment.md). Every runtime is checked against upstream "
         f"before timing (fp32 max abs diff < {meta['parity_limit']:g}, int8 cosine > {INT8_FLOOR}; the check "

@@ -47,6 +47,22 @@ def _export(name, reference, out, **options):
     )
 
 
+def test_exported_towers_hold_no_batchnorm(model):
+    """Every artifact is made from ``prepared(model)``: with its BatchNorms folded, torchao's
+    ``convert_pt2e`` skips the conv-BN QAT folding pass that otherwise costs over a minute per int8
+    image tower, and the programs carry fewer ops. Numerics: the fp32 parity tests here."""
+    from mobileclip2.export.towers import prepared
+
+    name, reference = model
+    assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in reference.modules())
+    left = [
+        n
+        for n, m in prepared(reference).named_modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    ]
+    assert left == [], (name, left)
+
+
 def test_executorch_fp32_matches_the_unfused_model_in_the_executorch_runtime(model, tmp_path_factory):
     pytest.importorskip("executorch.runtime")
     from mobileclip2.export import executorch as et

@@ -2,8 +2,8 @@
 
 Users deploy MobileCLIP towers separately (embed a photo library once, embed queries on demand;
 open_clip #186, immich #4700), so each tower is its own artifact: one tensor in, one embedding out.
-The model is reparameterized (:func:`mobileclip2.reparameterize`) before export, never the
-training-time graph.
+The model is reparameterized (:func:`mobileclip2.reparameterize`) and its affines folded before
+export (:func:`prepared`), never the training-time graph.
 """
 
 from __future__ import annotations
@@ -63,10 +63,18 @@ def text_encoder(model: nn.Module, normalize: bool = False) -> nn.Module:
 
 
 def prepared(model: nn.Module) -> nn.Module:
-    """A reparameterized, eval-mode, grad-free copy of ``model`` (the caller's model is untouched)."""
+    """A reparameterized, eval-mode, grad-free copy of ``model`` with its inference-time affines
+    folded (the caller's model is untouched).
+
+    Folding (:func:`mobileclip2.inference.fold_affines`: BatchNorms into the conv or ``qkv`` next to
+    them, layer scales into the layer producing the scaled branch) leaves every artifact with fewer
+    ops, and leaves no BatchNorm in the graph: torchao's ``convert_pt2e`` (0.18) then skips its
+    conv-BN QAT folding pass, which otherwise exports some 120 pattern graphs for every int8 tower
+    that still holds a BatchNorm (pytorch/pytorch PR 116440 added that skip)."""
+    from ..inference import fold_affines
     from ..reparam import reparameterize
 
-    model = reparameterize(copy.deepcopy(model).eval(), inplace=True)
+    model = fold_affines(reparameterize(copy.deepcopy(model).eval(), inplace=True))
     model.requires_grad_(False)
     return model
 
