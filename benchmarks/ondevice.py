@@ -210,7 +210,9 @@ def section(results: dict, meta: dict) -> str:
         f"Measured {meta['date']} with `{meta['command']}` (regenerates this section).",
         "",
         f"- device: {meta['cpu']}, {meta['cores']} cores visible; `uptime` before/after: {meta['uptime_before']} / "
-        f"{meta['uptime_after']} (the machine is shared: absolute ms are noisy, ratios less so)",
+        f"{meta['uptime_after']}; fp32 copy bandwidth (read + write) before / after: "
+        + " / ".join(f"{gbytes:.1f}" for gbytes in meta["bandwidth"])
+        + " GB/s (the machine is shared: absolute ms are noisy, ratios less so)",
         f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
         "- method: each runtime built and called in its own process (spawned worker per runtime, model and "
         f"thread count, OMP_WAIT_POLICY {meta['omp_wait_policy']}; the others wait blocked on a pipe while one "
@@ -320,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.export_only and args.workdir is None:
         parser.error("--export-only needs --workdir (where the artifacts are kept for the timing run)")
 
-    from _support import cpu_description, write_doc_section
+    from _support import cpu_copy_gbytes, cpu_description, write_doc_section
 
     from mobileclip2.benchmarking import PARITY_LIMIT, package_versions
     from mobileclip2.export.sidecar import artifact_size
@@ -339,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             "open_clip_torch", "timm", "onnxruntime", "executorch", "torchao", "mobileclip2"
         ),
     }
+    bandwidth_before = cpu_copy_gbytes()
     results = {}
     for name in args.models:
         print(f"{name}: exporting", flush=True)
@@ -367,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.export_only:
         return 0
     meta["uptime_after"] = _uptime()
+    meta["bandwidth"] = (bandwidth_before, cpu_copy_gbytes())
     text = section(results, meta)
     write_doc_section(args.doc, BEGIN, END, text)
     print(text)
