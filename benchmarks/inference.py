@@ -130,6 +130,32 @@ def cpu_targets(results: list[bm.Measurement]) -> list[str]:
     return lines
 
 
+def shortens_text(model: str, runtime: str) -> bool:
+    """Whether ``runtime`` computes fewer tokens for a caption than for 77: only ``optimize`` on a causal
+    text tower (open_clip config ``no_causal_mask`` false; mobileclip2.inference.truncate_causal_text)."""
+    import open_clip
+
+    return runtime == "ours" and not open_clip.get_model_config(model)["text_cfg"].get(
+        "no_causal_mask", False
+    )
+
+
+def noise_gauge(results: list[bm.Measurement]) -> list[str]:
+    """The ``text`` / ``text-full`` pairs that are the same work, as one line: how much the run's noise
+    alone moves a ratio (bm.same_work_pairs)."""
+    pairs = bm.same_work_pairs(results, shortens_text)
+    if not pairs:
+        return []
+    spread = max(abs(text / full - 1) for _, _, text, full in pairs)
+    return [
+        "",
+        "Noise gauge: for these runtimes `text` and `text-full` are the same work (a bidirectional tower, or "
+        f"a runtime that does not stop at the end-of-text token), so each pair should agree; here they differ by up to {spread:.0%}: "
+        + "; ".join(f"{model} {runtime} {text:.2f}x / {full:.2f}x" for model, runtime, text, full in pairs)
+        + ".",
+    ]
+
+
 def render_cpu(results, peak, overhead, meta) -> str:
     v = meta["versions"]
     valid = all(r.valid for r in results)
@@ -171,6 +197,7 @@ def render_cpu(results, peak, overhead, meta) -> str:
         cpu_table(results, peak),
         "",
         *cpu_targets(results),
+        *noise_gauge(results),
     ]
     if overhead:
         lines += [

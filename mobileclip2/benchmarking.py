@@ -63,6 +63,7 @@ __all__ = [
     "package_versions",
     "paired_samples",
     "round_order",
+    "same_work_pairs",
     "seeded_model",
     "start_isolated",
     "timed",
@@ -184,6 +185,24 @@ class Measurement:
     @property
     def gflops_per_s(self) -> float:
         return self.flops / self.seconds / 1e9
+
+
+def same_work_pairs(
+    results: Sequence[Measurement], shortens_text: Callable[[str, str], bool]
+) -> list[tuple[str, str, float, float]]:
+    """(model, runtime, ``text`` speedup, ``text-full`` speedup) at batch 1 wherever both rows are the
+    same work measured twice: a noise gauge. Upstream never shortens a caption, so the two ratios of
+    a runtime that does not either (``shortens_text(model, runtime)`` false: every runtime on a
+    bidirectional text tower; all but ``optimize`` on a causal one) should agree; how far they differ
+    is what the run's noise alone does to a ratio."""
+    speedups = {
+        (r.model, r.runtime, r.tower): r.speedup for r in results if r.batch == 1 and r.runtime != "upstream"
+    }
+    return [
+        (model, runtime, speedup, speedups[(model, runtime, "text-full")])
+        for (model, runtime, tower), speedup in speedups.items()
+        if tower == "text" and (model, runtime, "text-full") in speedups and not shortens_text(model, runtime)
+    ]
 
 
 def caption_tokens(

@@ -100,3 +100,23 @@ def test_threads_are_set_in_the_worker_before_it_builds():
 def test_an_unknown_runtime_names_the_known_ones():
     with pytest.raises(ValueError, match="onnxruntime"):
         bm._builder(bm.Recipe("fake", "tensorrt", 1))
+
+
+def test_noise_gauge_pairs_only_rows_that_are_the_same_work():
+    def row(model, runtime, tower, speedup, batch=1):
+        return bm.Measurement(model, tower, batch, runtime, 0.01, 0, speedup, True, 0.0)
+
+    results = [
+        row("bi", "upstream", "text", 1.0),
+        row("bi", "upstream", "text-full", 1.0),
+        row("bi", "ours", "text", 1.1),
+        row("bi", "ours", "text-full", 0.9),
+        row("bi", "ours", "image", 1.5),
+        row("bi", "ours", "text", 3.0, batch=8),  # batch 8 has no text-full partner: left out
+        row("causal", "ours", "text", 4.0),  # shortened caption: not the same work as text-full
+        row("causal", "ours", "text-full", 1.0),
+        row("causal", "onnxruntime", "text", 1.3),
+        row("causal", "onnxruntime", "text-full", 1.2),
+    ]
+    pairs = bm.same_work_pairs(results, lambda model, runtime: model == "causal" and runtime == "ours")
+    assert sorted(pairs) == [("bi", "ours", 1.1, 0.9), ("causal", "onnxruntime", 1.3, 1.2)]
