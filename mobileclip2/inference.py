@@ -74,11 +74,20 @@ def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale.reshape(-1), shift
 
 
+def _bn_activation(module: nn.Module | None) -> nn.Module | None:
+    """For a BatchNorm2d whose forward is the normalization then at most an activation (timm's
+    BatchNormAct2d: ``act(drop(bn(x)))`` with no dropout), that activation (``nn.Identity`` when
+    none); None for anything else, which is left unfolded."""
+    if not isinstance(module, nn.BatchNorm2d) or not module.affine or module.running_var is None:
+        return None
+    if not isinstance(getattr(module, "drop", None) or nn.Identity(), nn.Identity):
+        return None
+    return getattr(module, "act", None) or nn.Identity()
+
+
 def _is_plain_bn(module: nn.Module | None) -> bool:
     """A BatchNorm2d whose forward is only the normalization (timm's BatchNormAct2d with no act/drop)."""
-    if not isinstance(module, nn.BatchNorm2d) or not module.affine or module.running_var is None:
-        return False
-    return all(isinstance(getattr(module, attr, nn.Identity()), nn.Identity) for attr in ("act", "drop"))
+    return isinstance(_bn_activation(module), nn.Identity)
 
 
 @torch.no_grad()
@@ -117,7 +126,8 @@ def _conv_with_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 def _conv_bn_pair(module: nn.Module) -> tuple[nn.Conv2d, nn.BatchNorm2d] | None:
     """(conv, bn) when ``module``'s forward is exactly ``bn(conv(x))``: timm's ConvNormAct without
-    activation/anti-aliasing, or a two-module Sequential (MCt's ConvFFN and Apple's conv_bn)."""
+    anti-aliasing (its BatchNormAct2d may end in an activation: see :func:`_bn_activation`), or a
+    two-module Sequential (MCt's ConvFFN and Apple's conv_bn)."""
     if isinstance(module, nn.Sequential):
         children = list(module.children())
         if len(children) == 2 and isinstance(children[0], nn.Conv2d) and _is_plain_bn(children[1]):
@@ -128,7 +138,7 @@ def _conv_bn_pair(module: nn.Module) -> tuple[nn.Conv2d, nn.BatchNorm2d] | None:
     if not isinstance(getattr(module, "aa", None) or nn.Identity(), nn.Identity):
         return None
     conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
-    return (conv, bn) if isinstance(conv, nn.Conv2d) and _is_plain_bn(bn) else None
+    return (conv, bn) if isinstance(conv, nn.Conv2d) and _bn_activation(bn) is not None else None
 
 
 def _gamma(module: nn.Module | None) -> torch.Tensor | None:
@@ -179,7 +189,8 @@ def _fold_into(block: nn.Module, scale_attr: str, layer: nn.Module | None) -> No
 def fold_affines(model: nn.Module) -> nn.Module:
     """Fold inference-time per-channel affines into adjacent layers, in place; returns ``model``.
 
-    Folds: conv -> BatchNorm pairs (timm ConvNormAct, MCt's conv_bn), an attention block's
+    Folds: conv -> BatchNorm pairs (timm ConvNormAct, also with an activation after the norm, as in
+    MobileCLIP-B's convolutional stem; MCt's conv_bn), an attention block's
     BatchNorm into its ``qkv`` projection, and layer-scale vectors into the layer producing the
     scaled branch (RepMixer / attention blocks of FastViT-MCi, MCt's RepMixer blocks, open_clip
     residual blocks with ``ls_init_value``). Blocks are recognized by type
@@ -190,7 +201,8 @@ def fold_affines(model: nn.Module) -> nn.Module:
     for parent, name, child in list(_children_to_replace(model)):
         pair = _conv_bn_pair(child)
         if pair is not None:
-            setattr(parent, name, _conv_with_bn(*pair))
+            fused, act = _conv_with_bn(*pair), _bn_activation(pair[1])
+            setattr(parent, name, fused if isinstance(act, nn.Identity) else nn.Sequential(fused, act))
     for module in model.modules():
         mlp = getattr(module, "mlp", None)
         if isinstance(module, types.repmixer_block):

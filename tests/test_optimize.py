@@ -145,6 +145,29 @@ def test_fold_affines_removes_batchnorm_and_layer_scales_exactly():
     assert diffs["image"] < TOLERANCE and diffs["text"] < TOLERANCE, diffs
 
 
+def test_fold_affines_folds_a_norm_followed_by_an_activation():
+    """timm ConvNormAct whose BatchNormAct2d ends in GELU (MobileCLIP-B's convolutional stem): the
+    BatchNorm goes into the conv, the GELU stays after it."""
+    from timm.layers import ConvNormAct
+
+    torch.manual_seed(3)
+    block = ConvNormAct(3, 8, kernel_size=4, stride=4, act_layer=nn.GELU).eval()
+    with torch.no_grad():
+        block.bn.running_mean.normal_()
+        block.bn.running_var.uniform_(0.5, 2.0)
+        block.bn.weight.normal_()
+        block.bn.bias.normal_()
+    holder = nn.Sequential(block)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want = holder(x)
+        fold_affines(holder)
+        got = holder(x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in holder.modules())
+    assert any(isinstance(m, nn.GELU) for m in holder.modules())
+    assert float((got - want).abs().max()) < 1e-5
+
+
 def test_without_onednn_the_result_is_a_plain_model():
     """onednn=False: reparameterize + fold only, still an ordinary module tree (any device, dtype)."""
     reference = reference_model("MobileCLIP2-S0")
