@@ -103,6 +103,15 @@ def cpu_copy_gbytes(megabytes: int = 256, seconds: float = 0.5) -> float:
     return 2 * source.numel() * 4 / best_time(lambda: target.copy_(source), seconds) / 1e9
 
 
+def bandwidth_text(before_after: tuple[float, float]) -> str:
+    """The header phrase both CPU benchmark sections print for :func:`cpu_copy_gbytes` before / after."""
+    return (
+        "fp32 copy bandwidth (read + write) before / after: "
+        + " / ".join(f"{g:.1f}" for g in before_after)
+        + " GB/s"
+    )
+
+
 def cuda_matmul_tflops(size: int = 8192, dtype_name: str = "bfloat16") -> float:
     """Dense matmul TFLOP/s of the current CUDA device on random data (the arithmetic ceiling)."""
     import torch

@@ -168,9 +168,8 @@ def render_cpu(results, peak, overhead, meta) -> str:
         "",
         f"- device: CPU, {meta['cpu']}, {meta['cores']} cores visible, torch threads {meta['threads']}; "
         f"load average (1, 5, 15 min) before / after: {meta['load_before']} / {meta['load_after']}; "
-        + "fp32 copy bandwidth (read + write) before / after: "
-        + " / ".join(f"{gbytes:.1f}" for gbytes in meta["bandwidth"])
-        + " GB/s (batch-1 towers stream their weights from memory every call)",
+        + _support.bandwidth_text(meta["bandwidth"])
+        + " (batch-1 towers stream their weights from memory every call)",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         "- runtimes: upstream = `open_clip.create_model` + `timm.utils.reparameterize_model`, eager; "
         "ours = `mobileclip2.optimize(model)`; onnxruntime = the reparameterized model exported to ONNX, "

@@ -203,6 +203,8 @@ def _eager_bytes(name: str) -> dict[str, int]:
 
 
 def section(results: dict, meta: dict) -> str:
+    from _support import bandwidth_text
+
     lines = [
         BEGIN,
         "## On-device runtimes: size and batch-1 latency per tower (CPU)",
@@ -210,9 +212,8 @@ def section(results: dict, meta: dict) -> str:
         f"Measured {meta['date']} with `{meta['command']}` (regenerates this section).",
         "",
         f"- device: {meta['cpu']}, {meta['cores']} cores visible; `uptime` before/after: {meta['uptime_before']} / "
-        f"{meta['uptime_after']}; fp32 copy bandwidth (read + write) before / after: "
-        + " / ".join(f"{gbytes:.1f}" for gbytes in meta["bandwidth"])
-        + " GB/s (the machine is shared: absolute ms are noisy, ratios less so)",
+        f"{meta['uptime_after']}; {bandwidth_text(meta['bandwidth'])} "
+        "(the machine is shared: absolute ms are noisy, ratios less so)",
         f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
         "- method: each runtime built and called in its own process (spawned worker per runtime, model and "
         f"thread count, OMP_WAIT_POLICY {meta['omp_wait_policy']}; the others wait blocked on a pipe while one "
