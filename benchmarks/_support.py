@@ -7,6 +7,7 @@ first on ``sys.path``); the package keeps only what ``mobileclip2 bench`` needs
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import time
@@ -16,6 +17,12 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "benchmarks.md"
+
+
+def utc_stamp() -> str:
+    """Now, as every section's "Measured ..." line writes it. Scripts take it when they *start*, so a
+    section's date and the load/bandwidth "before" figures describe the same moment."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def cpu_description() -> str:

@@ -26,7 +26,6 @@ Random weights: speed does not depend on the weights' values.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -51,10 +50,6 @@ RUNTIME_LABEL = {
     "ours": "mobileclip2.optimize",
     "onnxruntime": "onnxruntime (ONNX of the reparameterized model, threads not spinning)",
 }
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +206,7 @@ def render_cpu(results, peak, overhead, meta) -> str:
 
 
 def run_cpu(args) -> int:
-    load_before = _support.load_average()
+    date, load_before = _support.utc_stamp(), _support.load_average()
     started = time.time()
     peak = _support.cpu_matmul_gflops(2048)
     bandwidth_before = _support.cpu_copy_gbytes()
@@ -233,7 +228,7 @@ def run_cpu(args) -> int:
         )
     overhead = None if args.no_overhead else plugin_overhead(args.pairs)
     meta = {
-        "date": now(),
+        "date": date,
         "command": " ".join(["python", "benchmarks/inference.py", *args.argv]),
         "seconds": time.time() - started,
         "cpu": _support.cpu_description(),
@@ -399,6 +394,7 @@ def render_gpu(args, rows, meta) -> str:
 
 
 def run_gpu(args) -> int:
+    date = _support.utc_stamp()
     device = "cpu" if args.dry_run else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         print(
@@ -416,7 +412,7 @@ def run_gpu(args) -> int:
     else:
         peak, device_text = "not measured (dry run)", f"CPU {_support.cpu_description()} (dry run)"
     meta = {
-        "date": now(),
+        "date": date,
         "command": " ".join(["python", "benchmarks/inference.py", *args.argv]),
         "device": device_text,
         "device_kind": "GPU",

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import subprocess
@@ -323,13 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.export_only and args.workdir is None:
         parser.error("--export-only needs --workdir (where the artifacts are kept for the timing run)")
 
-    from _support import cpu_copy_gbytes, cpu_description, write_doc_section
+    from _support import cpu_copy_gbytes, cpu_description, utc_stamp, write_doc_section
 
     from mobileclip2.benchmarking import PARITY_LIMIT, package_versions
     from mobileclip2.export.sidecar import artifact_size
 
     meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_stamp(),
         "command": "python benchmarks/ondevice.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "cpu": cpu_description(),
         "cores": os.cpu_count(),

@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             if (value := getattr(args, key)) is not None
         },
     }
-    started = time.perf_counter()
+    from _support import utc_stamp
+
+    date, started = utc_stamp(), time.perf_counter()
     window = args.window or (4.0 if args.device == "cuda" else 6.0)
     budget = args.budget or (105.0 if args.device == "cuda" else 480.0)
 
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[recipe["precision"]]
     info = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": date,
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
         "device_name": torch.cuda.get_device_name(device)

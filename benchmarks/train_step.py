@@ -48,7 +48,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -284,11 +283,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     import open_clip
+    from _support import utc_stamp
 
     from mobileclip2.train.reinforce import ReinforceOptions, reinforce
     from mobileclip2.train.teachers import TeacherEnsemble, parse_teacher_specs
 
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    started = utc_stamp()
     load_before = " ".join(f"{v:.1f}" for v in os.getloadavg())
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mc2-train-bench-"))
     size = open_clip.create_model(args.student).visual.preprocess_cfg["size"]
