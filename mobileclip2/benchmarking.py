@@ -59,7 +59,9 @@ __all__ = [
     "Recipe",
     "benchmark_model",
     "count_flops",
+    "faults_per_call",
     "interference_check",
+    "minor_page_faults",
     "package_versions",
     "paired_samples",
     "round_order",
@@ -181,6 +183,7 @@ class Measurement:
     interference: float  # upstream median among others / alone - 1
     samples: list[float] = field(default_factory=list)
     max_abs_diff: float = 0.0  # of this runtime's output vs upstream's on the timed input
+    page_faults: float | None = None  # median minor page faults per call (None: not counted)
 
     @property
     def gflops_per_s(self) -> float:
@@ -448,12 +451,42 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def minor_page_faults() -> int | None:
+    """Minor page faults of this process so far (all threads), or None where ``resource`` is missing
+    (Windows).
+
+    Counted because they are a part of a call's cost that the machine, not the code, prices: a call
+    that touches freshly allocated memory (eager aten convs reorder large weights into a new buffer
+    on every call; docs/benchmarks.md has the counts) pays the kernel, and on a virtual machine the
+    host, for every page, at a price that moves with the host's state. A ratio between runtimes
+    that fault differently moves with it; the count does not.
+    """
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def faults_per_call(run: Callable[[], Any], calls: int) -> float | None:
+    """Median minor page faults of one call of ``run`` over ``calls`` calls (None: not countable)."""
+    counts = []
+    for _ in range(calls):
+        before = minor_page_faults()
+        run()
+        after = minor_page_faults()
+        if before is None or after is None:
+            return None
+        counts.append(after - before)
+    return statistics.median(counts)
+
+
 def _worker_main(recipe: Recipe, connection: Any) -> None:
     """A worker's life: set threads, build, then serve requests until told to stop.
 
     Requests: ``("prepare", tower, inputs, is_tensor)`` -> ``("output", array)`` (one untimed call whose output
     the driver checks); ``("time",)`` -> ``("seconds", s)`` with perf_counter around the call only;
-    ``None`` -> exit. Any failure goes back as ``("error", traceback)``. Between requests the worker
+    ``("faults", calls)`` -> ``("faults", median minor page faults per call)``; ``None`` -> exit. Any failure goes back as ``("error", traceback)``. Between requests the worker
     blocks in ``recv`` (no spinning).
     """
     try:
@@ -471,6 +504,8 @@ def _worker_main(recipe: Recipe, connection: Any) -> None:
                     inputs = torch.from_numpy(inputs)
                 run = prepare(tower, inputs)
                 connection.send(("output", _as_array(run())))
+            elif request[0] == "faults":
+                connection.send(("faults", faults_per_call(run, request[1])))
             else:
                 begin = time.perf_counter()
                 run()
@@ -527,6 +562,10 @@ class IsolatedRuntime:
     def time_call(self) -> float:
         """Seconds of one call, measured in the worker (the pipe is not in the timing)."""
         return self._ask("time")
+
+    def page_faults(self, calls: int = 3) -> float | None:
+        """Median minor page faults per call, counted in the worker over ``calls`` untimed calls."""
+        return self._ask("faults", calls)
 
     def close(self) -> None:
         if self.process.is_alive():
@@ -624,8 +663,10 @@ def benchmark_model(
                     warmup=2 if batch == 1 else 1,
                     twin=workers[TWIN].time_call,
                 )
+                faults = {runtime: workers[runtime].page_faults() for runtime in runtimes}  # after timing
                 for row in rows:
                     row.max_abs_diff = diffs[row.runtime]
+                    row.page_faults = faults[row.runtime]
                 results += rows
                 log(
                     f"  {name} {tower} batch {batch}: "

@@ -124,21 +124,23 @@ def _conv_with_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return _conv_like(conv, conv.weight * scale.reshape(-1, 1, 1, 1), bias * scale + shift)
 
 
-def _conv_bn_pair(module: nn.Module) -> tuple[nn.Conv2d, nn.BatchNorm2d] | None:
-    """(conv, bn) when ``module``'s forward is exactly ``bn(conv(x))``: timm's ConvNormAct without
-    anti-aliasing (its BatchNormAct2d may end in an activation: see :func:`_bn_activation`), or a
-    two-module Sequential (MCt's ConvFFN and Apple's conv_bn)."""
+def _conv_bn_act(module: nn.Module) -> tuple[nn.Conv2d, nn.BatchNorm2d, nn.Module] | None:
+    """(conv, bn, act) when ``module``'s forward is exactly ``act(bn(conv(x)))``, ``act`` being
+    ``nn.Identity`` when there is none: timm's ConvNormAct without anti-aliasing (its BatchNormAct2d
+    may end in an activation: see :func:`_bn_activation`), or a two-module Sequential (MCt's ConvFFN
+    and Apple's conv_bn)."""
     if isinstance(module, nn.Sequential):
         children = list(module.children())
         if len(children) == 2 and isinstance(children[0], nn.Conv2d) and _is_plain_bn(children[1]):
-            return children[0], children[1]
+            return children[0], children[1], nn.Identity()
         return None
     if not isinstance(module, block_types().conv_norm_act):
         return None
     if not isinstance(getattr(module, "aa", None) or nn.Identity(), nn.Identity):
         return None
     conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
-    return (conv, bn) if isinstance(conv, nn.Conv2d) and _bn_activation(bn) is not None else None
+    act = _bn_activation(bn)
+    return (conv, bn, act) if isinstance(conv, nn.Conv2d) and act is not None else None
 
 
 def _gamma(module: nn.Module | None) -> torch.Tensor | None:
@@ -199,9 +201,10 @@ def fold_affines(model: nn.Module) -> nn.Module:
     """
     types = block_types()
     for parent, name, child in list(_children_to_replace(model)):
-        pair = _conv_bn_pair(child)
-        if pair is not None:
-            fused, act = _conv_with_bn(*pair), _bn_activation(pair[1])
+        found = _conv_bn_act(child)
+        if found is not None:
+            conv, bn, act = found
+            fused = _conv_with_bn(conv, bn)
             setattr(parent, name, fused if isinstance(act, nn.Identity) else nn.Sequential(fused, act))
     for module in model.modules():
         mlp = getattr(module, "mlp", None)

@@ -55,6 +55,26 @@ def test_each_runtime_runs_in_its_own_process_in_the_paired_order(tmp_path):
     assert all(row.speedup == bm.median_ratio(rows[0].samples, row.samples) for row in rows)
 
 
+def test_page_faults_per_call_are_counted_in_each_worker():
+    if bm.minor_page_faults() is None:
+        pytest.skip("no resource module here: page faults are not counted")
+    megabytes = 64
+    pages = (megabytes << 20) // 4096
+    with contextlib.ExitStack() as stack:
+        workers = bm.start_isolated(
+            [
+                recipe("upstream", "build_double"),
+                recipe("allocating", "build_allocating", megabytes=megabytes),
+            ],
+            stack,
+        )
+        for worker in workers.values():
+            worker.prepare("image", np.ones((1, 4)))
+        faults = {name: worker.page_faults(calls=3) for name, worker in workers.items()}
+    assert faults["allocating"] >= 0.9 * pages, faults  # a fresh mapping each call: a fault per page
+    assert faults["upstream"] < 0.1 * pages, faults
+
+
 def test_measure_group_marks_a_disturbed_upstream_invalid():
     # upstream takes 1 s alone and 2 s among the others: the scripted timers stand in for workers
     upstream_times = iter([1.0] * 1 + [1.0] * 2 + [9.0] + [2.0] * 4 + [1.0] * 2)

@@ -46,3 +46,21 @@ def build_threads(recipe):
     import torch
 
     return lambda tower, inputs: lambda: np.full_like(np.asarray(inputs), torch.get_num_threads())
+
+
+def build_allocating(recipe):
+    """Outputs like ``build_double`` and writes to every page of a fresh buffer of the options'
+    ``megabytes`` on each call: above glibc's largest mmap threshold (32 MB), so every call maps new
+    pages and faults on each one (a bytearray, not numpy, which may ask for huge pages)."""
+    size = int(dict(recipe.options)["megabytes"]) << 20
+    page = 4096
+
+    def prepare(tower, inputs):
+        def run():
+            buffer = bytearray(size)
+            buffer[::page] = b"\x01" * (size // page)
+            return np.asarray(inputs) * 2.0
+
+        return run
+
+    return prepare
