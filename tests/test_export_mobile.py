@@ -63,6 +63,13 @@ def test_exported_towers_hold_no_batchnorm(model):
     assert left == [], (name, left)
 
 
+# ExecuTorch through the whole pipeline for MobileCLIP2-S0 only: MobileCLIP-S0's image tower is the same
+# MCi0 (each ExecuTorch image export costs 1-2 min here); its MCt text tower is lowered on its own in
+# test_executorch_lowers_mct_text_in_fp32_and_int8.
+PIPELINE_ET_MODEL = "MobileCLIP2-S0"
+
+
+@pytest.mark.parametrize("model", [PIPELINE_ET_MODEL], indirect=True)
 def test_executorch_fp32_matches_the_unfused_model_in_the_executorch_runtime(model, tmp_path_factory):
     pytest.importorskip("executorch.runtime")
     from mobileclip2.export import executorch as et
@@ -82,7 +89,11 @@ def test_executorch_fp32_matches_the_unfused_model_in_the_executorch_runtime(mod
     assert config["parity"]["image_max_abs_diff"] < TOLERANCE and config["image"]["size_bytes"] > 10**6
 
 
-@pytest.mark.parametrize("format", ["executorch", "onnx"])
+@pytest.mark.parametrize(
+    "model,format",
+    [(PIPELINE_ET_MODEL, "executorch"), *((name, "onnx") for name in MODELS)],
+    indirect=["model"],
+)
 def test_int8_is_calibrated_and_reports_fidelity(model, format, calibration, tmp_path_factory):
     if format == "executorch":
         pytest.importorskip("executorch.runtime")
@@ -125,3 +136,37 @@ def test_coreml_structure(model, tmp_path_factory):
         assert config[tower]["structure"]["weights"] == "float16"
     assert "conv" in config["image"]["structure"]["op_types"]
     assert "reduce_argmax" in config["text"]["structure"]["op_types"]  # EOT pooling inside the graph
+
+
+def test_executorch_lowers_mct_text_in_fp32_and_int8(calibration, tmp_path):
+    """MobileCLIP-S0's MCt text tower (RepMixer + transformer blocks over tokens) as ExecuTorch programs:
+    fp32 equal to the unfused model, int8 calibrated on real captions and close to it in cosine."""
+    pytest.importorskip("executorch.runtime")
+    from mobileclip2.export import executorch as et
+    from mobileclip2.export.towers import geometry, prepared, tower_module
+
+    name = "MobileCLIP-S0"
+    reference = reference_model(name)
+    text_tower = tower_module(prepared(reference), "text")
+    example = geometry(reference, reference.visual.preprocess_cfg).example("text")
+    captions = open_clip.get_tokenizer(name)(calibration[1].read_text(encoding="utf-8").splitlines())
+    _, random_tokens = inputs(reference, batch=2)
+    tokens = torch.cat([captions, random_tokens])
+    with torch.no_grad():
+        want = reference.encode_text(tokens).numpy()
+
+    programs = {"fp32": tmp_path / "text.pte", "int8": tmp_path / "text-int8.pte"}
+    et.write(text_tower, example, programs["fp32"], "text")
+    et.write_int8(text_tower, example, programs["int8"], "text", [captions[:3]])  # the 4th is held out
+    got = {
+        precision: np.concatenate([et.load(path)(row.numpy()) for row in tokens.split(1)])
+        for precision, path in programs.items()
+    }
+    assert np.abs(got["fp32"] - want).max() < TOLERANCE
+    cosine = (got["int8"] * want).sum(-1) / (
+        np.linalg.norm(got["int8"], axis=-1) * np.linalg.norm(want, axis=-1)
+    )
+    assert cosine.min() >= INT8_MIN_COSINE, cosine
+    assert not np.allclose(got["int8"], got["fp32"], atol=TOLERANCE)  # int8 arithmetic, not the fp32 graph
+    # int8 matmul weights; the token embedding table stays fp32 (module docs of export.executorch)
+    assert programs["int8"].stat().st_size < 0.75 * programs["fp32"].stat().st_size
