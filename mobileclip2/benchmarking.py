@@ -486,8 +486,9 @@ def _worker_main(recipe: Recipe, connection: Any) -> None:
 
     Requests: ``("prepare", tower, inputs, is_tensor)`` -> ``("output", array)`` (one untimed call whose output
     the driver checks); ``("time",)`` -> ``("seconds", s)`` with perf_counter around the call only;
-    ``("faults", calls)`` -> ``("faults", median minor page faults per call)``; ``None`` -> exit. Any failure goes back as ``("error", traceback)``. Between requests the worker
-    blocks in ``recv`` (no spinning).
+    ``("faults", calls)`` -> ``("faults", median minor page faults per call)``; ``None`` -> exit.
+    Any failure goes back as ``("error", traceback)``. Between requests the worker blocks in
+    ``recv`` (no spinning).
     """
     try:
         _set_threads(recipe.threads)
