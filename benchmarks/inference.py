@@ -5,8 +5,9 @@ caption and on all 77 tokens, of MobileCLIP2-S0, MobileCLIP-S0 and MobileCLIP2-S
 method of mobileclip2.benchmarking (each runtime in its own worker process, alternated calls,
 median of per-round ratios, onnxruntime threads not spinning, upstream timed alone too: a group whose upstream time moves more than 10%
 is marked invalid), the image towers' GFLOP/s against this machine's dense-matmul GFLOP/s
-measured in the same run, and the plugin overheads (paired fresh interpreters). Writes the CPU
-section of docs/benchmarks.md:
+measured in the same run, each runtime's page faults per call, and the plugin overheads (paired
+fresh interpreters). Writes the CPU section of docs/benchmarks.md when every group is valid (the
+section keeps the latest valid run; --write-invalid records an invalid one anyway):
 
     nice -n -5 python benchmarks/inference.py          # the documented CPU run (see docs for its time)
     python benchmarks/inference.py --quick             # MobileCLIP2-S0 only, few rounds, no docs
