@@ -6,8 +6,8 @@ method of mobileclip2.benchmarking (each runtime in its own worker process, alte
 median of per-round ratios, onnxruntime threads not spinning, upstream timed alone too: a group whose upstream time moves more than 10%
 is marked invalid), the image towers' GFLOP/s against this machine's dense-matmul GFLOP/s
 measured in the same run, each runtime's page faults per call, and the plugin overheads (paired
-fresh interpreters). Writes the CPU section of docs/benchmarks.md when every group is valid (the
-section keeps the latest valid run; --write-invalid records an invalid one anyway):
+fresh interpreters). Writes the CPU section of docs/benchmarks.md when the run has the documented
+scope and every group is valid (the section keeps the latest such run; --write-anyway records any run):
 
     nice -n -5 python benchmarks/inference.py          # the documented CPU run (see docs for its time)
     python benchmarks/inference.py --quick             # MobileCLIP2-S0 only, few rounds, no docs
@@ -45,6 +45,9 @@ from mobileclip2 import benchmarking as bm  # noqa: E402
 
 CPU_MODELS = ("MobileCLIP2-S0", "MobileCLIP-S0", "MobileCLIP2-S4")
 GPU_MODELS = ("MobileCLIP2-S0", "MobileCLIP2-S4", "MobileCLIP2-L-14")
+TOWERS = ("image", "text", "text-full")
+CPU_RUNTIMES = ("upstream", "ours", "onnxruntime")
+CPU_ROUNDS = 20  # at batch 1
 CPU_MARKERS = ("<!-- inference:begin -->", "<!-- inference:end -->")
 RUNTIME_LABEL = {
     "upstream": "upstream open_clip + timm reparameterize_model (eager)",
@@ -183,8 +186,8 @@ def render_cpu(results, peak, overhead, meta) -> str:
         "median over rounds of upstream time / runtime time; check = upstream's median time alone, alternated "
         "with a twin upstream worker so its weights are as cold as among the others (half the rounds before, "
         "half after), vs among the other runtimes, invalid beyond 10%; page faults / call = median minor page "
-        "faults of one call, counted in each worker over 3 untimed calls after the timing (a cost the machine "
-        "prices: the count is stable, its price is not).",
+        f"faults of one call, counted in each worker over {bm.FAULT_CALLS} untimed calls after the timing "
+        "(a cost the machine prices: the count is stable, its price is not; '-': not countable here).",
         f"- dense fp32 matmul, same run ({meta['mm_size']}^3): torch.mm {peak['torch.mm']:.0f} GFLOP/s"
         + (
             f", oneDNN prepacked {peak['onednn']:.0f} GFLOP/s (the peak the % column uses)"
@@ -256,17 +259,31 @@ def run_cpu(args) -> int:
             )
         )
     valid = all(r.valid for r in results)
-    if args.no_docs:
-        pass
-    elif valid or args.write_invalid:
+    held_back = doc_hold_reason(args, valid)
+    if not args.no_docs and (held_back is None or args.write_anyway):
         _support.write_doc_section(Path(args.doc), *CPU_MARKERS, section)
         print(f"updated {args.doc}")
-    else:  # the section holds the latest valid run, which README quotes: an invalid one must not replace it
-        print(
-            f"not written to {args.doc}: some groups failed the interference check, and the section there "
-            "keeps the latest valid run; rerun on a quieter machine, or pass --write-invalid to record this run"
-        )
+    elif not args.no_docs:  # the section holds the latest full valid run, which README quotes
+        print(f"not written to {args.doc}: {held_back}; pass --write-anyway to record this run there")
     return 0 if valid else 3
+
+
+def doc_hold_reason(args, valid: bool) -> str | None:
+    """Why this CPU run must not replace the docs section (None: it may). The section holds the latest
+    run of the documented scope that passed every check, and README quotes it: a run with an invalid
+    group, or of a narrower scope (fewer models, towers, runtimes, batches or rounds), would replace it
+    with less."""
+    if not valid:
+        return "some groups failed the interference check (rerun on a quieter machine)"
+    scope = {
+        "models": (sorted(args.models), sorted(CPU_MODELS)),
+        "towers": (sorted(args.towers), sorted(TOWERS)),
+        "runtimes": (sorted(args.runtimes), sorted(CPU_RUNTIMES)),
+        "batches": (sorted(args.batches), [1]),
+        "rounds": (args.rounds, CPU_ROUNDS),
+    }
+    narrower = [name for name, (given, documented) in scope.items() if given != documented]
+    return f"not the documented scope ({', '.join(narrower)} differ)" if narrower else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,12 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--models", nargs="+", default=None)
-    parser.add_argument("--towers", nargs="+", default=["image", "text", "text-full"])
+    parser.add_argument("--towers", nargs="+", default=list(TOWERS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1], help="CPU batch sizes")
-    parser.add_argument(
-        "--runtimes", nargs="+", default=["upstream", "ours", "onnxruntime"], help="CPU runtimes"
-    )
-    parser.add_argument("--rounds", type=int, default=20, help="CPU rounds at batch 1")
+    parser.add_argument("--runtimes", nargs="+", default=list(CPU_RUNTIMES), help="CPU runtimes")
+    parser.add_argument("--rounds", type=int, default=CPU_ROUNDS, help="CPU rounds at batch 1")
     parser.add_argument(
         "--quick", action="store_true", help="CPU: MobileCLIP2-S0 only, few rounds, docs untouched"
     )
@@ -473,10 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doc", default=str(_support.DOCS))
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument(
-        "--write-invalid",
+        "--write-anyway",
         action="store_true",
-        help="CPU: write the section even when a group failed its interference check (by default such a "
-        "run leaves the section, and the latest valid run in it, as it is)",
+        help="CPU: write the section even for a run with an invalid group or of a narrower scope than the "
+        "documented run (by default such a run leaves the section, and the latest full valid run in it, as it is)",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

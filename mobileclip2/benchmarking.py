@@ -76,6 +76,7 @@ __all__ = [
 CAPTION_TOKENS = 12  # "a photo of a golden retriever on a beach." with start and end tokens
 INTERFERENCE_LIMIT = 0.10  # upstream alone vs among the other runtimes: beyond this, invalid
 PARITY_LIMIT = 1e-3  # fp32 max abs diff of a runtime's output vs upstream's before it is timed
+FAULT_CALLS = 3  # untimed calls per runtime and group whose page faults are counted (after the timing)
 
 
 def package_versions(*dists: str) -> dict[str, str]:
@@ -470,14 +471,15 @@ def minor_page_faults() -> int | None:
 
 def faults_per_call(run: Callable[[], Any], calls: int) -> float | None:
     """Median minor page faults of one call of ``run`` over ``calls`` calls (None: not countable)."""
+    if calls < 1:
+        raise ValueError(f"faults_per_call(calls={calls}): count at least one call")
+    if minor_page_faults() is None:
+        return None
     counts = []
     for _ in range(calls):
         before = minor_page_faults()
         run()
-        after = minor_page_faults()
-        if before is None or after is None:
-            return None
-        counts.append(after - before)
+        counts.append(minor_page_faults() - before)
     return statistics.median(counts)
 
 
@@ -505,12 +507,16 @@ def _worker_main(recipe: Recipe, connection: Any) -> None:
                     inputs = torch.from_numpy(inputs)
                 run = prepare(tower, inputs)
                 connection.send(("output", _as_array(run())))
+            elif run is None:
+                raise RuntimeError(f"request {request[0]!r} before any 'prepare': nothing to run yet")
             elif request[0] == "faults":
                 connection.send(("faults", faults_per_call(run, request[1])))
-            else:
+            elif request[0] == "time":
                 begin = time.perf_counter()
                 run()
                 connection.send(("seconds", time.perf_counter() - begin))
+            else:
+                raise ValueError(f"unknown request {request[0]!r}: expected 'prepare', 'time' or 'faults'")
     except EOFError:  # the driver went away: nothing to report to
         pass
     except BaseException:
@@ -564,8 +570,11 @@ class IsolatedRuntime:
         """Seconds of one call, measured in the worker (the pipe is not in the timing)."""
         return self._ask("time")
 
-    def page_faults(self, calls: int = 3) -> float | None:
-        """Median minor page faults per call, counted in the worker over ``calls`` untimed calls."""
+    def page_faults(self, calls: int = FAULT_CALLS) -> float | None:
+        """Median minor page faults per call, counted in the worker over ``calls`` untimed calls
+        (None where the platform cannot count them)."""
+        if calls < 1:
+            raise ValueError(f"page_faults(calls={calls}): count at least one call")
         return self._ask("faults", calls)
 
     def close(self) -> None:

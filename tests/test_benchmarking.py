@@ -7,6 +7,7 @@ method (calls, order, validity logic, output check, errors, no leftover process)
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 
 import numpy as np
@@ -59,7 +60,7 @@ def test_page_faults_per_call_are_counted_in_each_worker():
     if bm.minor_page_faults() is None:
         pytest.skip("no resource module here: page faults are not counted")
     megabytes = 64
-    pages = (megabytes << 20) // 4096
+    pages = (megabytes << 20) // mmap.PAGESIZE
     with contextlib.ExitStack() as stack:
         workers = bm.start_isolated(
             [
@@ -72,7 +73,16 @@ def test_page_faults_per_call_are_counted_in_each_worker():
             worker.prepare("image", np.ones((1, 4)))
         faults = {name: worker.page_faults(calls=3) for name, worker in workers.items()}
     assert faults["allocating"] >= 0.9 * pages, faults  # a fresh mapping each call: a fault per page
+    with pytest.raises(ValueError, match="at least one call"):
+        bm.faults_per_call(lambda: None, calls=0)
     assert faults["upstream"] < 0.1 * pages, faults
+
+
+def test_a_request_before_prepare_is_a_clear_error():
+    with contextlib.ExitStack() as stack:
+        worker = bm.start_isolated([recipe("upstream", "build_double")], stack)["upstream"]
+        with pytest.raises(BenchmarkWorkerError, match="'faults' before any 'prepare'"):
+            worker.page_faults()
 
 
 def test_measure_group_marks_a_disturbed_upstream_invalid():

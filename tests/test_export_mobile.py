@@ -1,6 +1,8 @@
 """ExecuTorch (fp32, int8), ONNX int8 and Core ML exports of MobileCLIP2-S0 and MobileCLIP-S0 (MCt).
 
-One export per (model, format, precision), shared by the module. fp32 programs are compared with the
+ONNX int8 and Core ML go through the whole export pipeline for both models; ExecuTorch for MobileCLIP2-S0
+only (MobileCLIP-S0's image tower is the same MCi0), plus MobileCLIP-S0's MCt text tower lowered on its
+own. Each test makes its own export. fp32 programs are compared with the
 *unfused* reference model run in PyTorch; int8 exports are calibrated on a tiny labelled image set
 and four captions. Random-weight models have unrepresentative activations, so these tests prove the
 pipeline and lower the int8 threshold (INT8_MIN_COSINE, not the shipped 0.995 default); fidelity
@@ -69,12 +71,18 @@ def test_exported_towers_hold_no_batchnorm(model):
 PIPELINE_ET_MODEL = "MobileCLIP2-S0"
 
 
-@pytest.mark.parametrize("model", [PIPELINE_ET_MODEL], indirect=True)
-def test_executorch_fp32_matches_the_unfused_model_in_the_executorch_runtime(model, tmp_path_factory):
+@pytest.fixture(scope="module")
+def pipeline_et_model():
+    return PIPELINE_ET_MODEL, reference_model(PIPELINE_ET_MODEL)
+
+
+def test_executorch_fp32_matches_the_unfused_model_in_the_executorch_runtime(
+    pipeline_et_model, tmp_path_factory
+):
     pytest.importorskip("executorch.runtime")
     from mobileclip2.export import executorch as et
 
-    name, reference = model
+    name, reference = pipeline_et_model
     result = _export(name, reference, tmp_path_factory.mktemp("et"), format="executorch")
     image, text = inputs(reference, batch=2)
     with torch.no_grad():
@@ -89,15 +97,16 @@ def test_executorch_fp32_matches_the_unfused_model_in_the_executorch_runtime(mod
     assert config["parity"]["image_max_abs_diff"] < TOLERANCE and config["image"]["size_bytes"] > 10**6
 
 
-@pytest.mark.parametrize(
-    "model,format",
-    [(PIPELINE_ET_MODEL, "executorch"), *((name, "onnx") for name in MODELS)],
-    indirect=["model"],
-)
-def test_int8_is_calibrated_and_reports_fidelity(model, format, calibration, tmp_path_factory):
-    if format == "executorch":
-        pytest.importorskip("executorch.runtime")
-    name, reference = model
+def test_onnx_int8_is_calibrated_and_reports_fidelity(model, calibration, tmp_path_factory):
+    _check_int8(*model, "onnx", calibration, tmp_path_factory)
+
+
+def test_executorch_int8_is_calibrated_and_reports_fidelity(pipeline_et_model, calibration, tmp_path_factory):
+    pytest.importorskip("executorch.runtime")
+    _check_int8(*pipeline_et_model, "executorch", calibration, tmp_path_factory)
+
+
+def _check_int8(name, reference, format, calibration, tmp_path_factory):
     images, captions = calibration
     result = _export(
         name,
@@ -168,5 +177,8 @@ def test_executorch_lowers_mct_text_in_fp32_and_int8(calibration, tmp_path):
     )
     assert cosine.min() >= INT8_MIN_COSINE, cosine
     assert not np.allclose(got["int8"], got["fp32"], atol=TOLERANCE)  # int8 arithmetic, not the fp32 graph
-    # int8 matmul weights; the token embedding table stays fp32 (module docs of export.executorch)
-    assert programs["int8"].stat().st_size < 0.75 * programs["fp32"].stat().st_size
+    # int8 weights (1 byte) except the token embedding table, which stays fp32 (module docs of
+    # export.executorch): under 2 bytes per other weight leaves room for scales and the program itself
+    parameters = sum(p.numel() for p in reference.text.parameters())
+    embedding = sum(m.weight.numel() for m in reference.text.modules() if isinstance(m, torch.nn.Embedding))
+    assert programs["int8"].stat().st_size < 4 * embedding + 2 * (parameters - embedding)

@@ -6,6 +6,7 @@ which finds this module through the ``sys.path`` it inherits (tests/support is o
 
 from __future__ import annotations
 
+import mmap
 import os
 
 import numpy as np
@@ -49,16 +50,19 @@ def build_threads(recipe):
 
 
 def build_allocating(recipe):
-    """Outputs like ``build_double`` and writes to every page of a fresh buffer of the options'
-    ``megabytes`` on each call: above glibc's largest mmap threshold (32 MB), so every call maps new
-    pages and faults on each one (a bytearray, not numpy, which may ask for huge pages)."""
+    """Outputs like ``build_double`` and writes to every page of a fresh anonymous mapping of the
+    options' ``megabytes`` on each call, unmapped again after it: a fault per page on every call
+    whatever the allocator (an mmap of its own, not malloc) and with huge pages refused for it
+    (MADV_NOHUGEPAGE: transparent huge pages set to "always" would fault once per 2 MB)."""
     size = int(dict(recipe.options)["megabytes"]) << 20
-    page = 4096
 
     def prepare(tower, inputs):
         def run():
-            buffer = bytearray(size)
-            buffer[::page] = b"\x01" * (size // page)
+            with mmap.mmap(-1, size) as mapping:
+                if hasattr(mmap, "MADV_NOHUGEPAGE"):
+                    mapping.madvise(mmap.MADV_NOHUGEPAGE)
+                for offset in range(0, size, mmap.PAGESIZE):
+                    mapping[offset] = 1
             return np.asarray(inputs) * 2.0
 
         return run
