@@ -152,6 +152,7 @@ def test_executorch_lowers_mct_text_in_fp32_and_int8(calibration, tmp_path):
     fp32 equal to the unfused model, int8 calibrated on real captions and close to it in cosine."""
     pytest.importorskip("executorch.runtime")
     from mobileclip2.export import executorch as et
+    from mobileclip2.export.parity import cosines, run_batched
     from mobileclip2.export.towers import geometry, prepared, tower_module
 
     name = "MobileCLIP-S0"
@@ -168,13 +169,11 @@ def test_executorch_lowers_mct_text_in_fp32_and_int8(calibration, tmp_path):
     et.write(text_tower, example, programs["fp32"], "text")
     et.write_int8(text_tower, example, programs["int8"], "text", [captions[:3]])  # the 4th is held out
     got = {
-        precision: np.concatenate([et.load(path)(row.numpy()) for row in tokens.split(1)])
+        precision: run_batched(et.load(path), tokens.numpy(), et.PARITY_BATCH)
         for precision, path in programs.items()
     }
     assert np.abs(got["fp32"] - want).max() < TOLERANCE
-    cosine = (got["int8"] * want).sum(-1) / (
-        np.linalg.norm(got["int8"], axis=-1) * np.linalg.norm(want, axis=-1)
-    )
+    cosine = cosines(got["int8"], want)
     assert cosine.min() >= INT8_MIN_COSINE, cosine
     assert not np.allclose(got["int8"], got["fp32"], atol=TOLERANCE)  # int8 arithmetic, not the fp32 graph
     # int8 weights (1 byte) except the token embedding table, which stays fp32 (module docs of
