@@ -10,10 +10,9 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from mobileclip2.benchmarking import seconds_per_call
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -34,10 +33,6 @@ def cpu_description() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def load_average() -> str:
@@ -61,38 +56,25 @@ def write_doc_section(path: Path, begin: str, end: str, section: str) -> None:
     os.replace(temporary, path)
 
 
-def best_time(fn: Callable[[], Any], seconds: float, sync: Callable[[], None] = lambda: None) -> float:
-    fn()
-    sync()
-    times = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(times) < 3:
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def cpu_matmul_gflops(size: int = 2048, seconds: float = 1.0) -> dict[str, float]:
     """Dense fp32 matmul GFLOP/s at the current thread count: ``torch.mm`` (MKL on x86 builds, AVX2
     kernels on AMD CPUs) and the prepacked oneDNN matmul mobileclip2.optimize uses."""
     import torch
     from torch import nn
 
-    from mobileclip2.inference import _OneDNNLinear, onednn_available
+    from mobileclip2.inference.onednn import OneDNNLinear, onednn_available
 
     a = torch.randn(size, size)
     b = torch.randn(size, size)
     flops = 2 * size**3
-    results = {"torch.mm": flops / best_time(lambda: torch.mm(a, b), seconds) / 1e9}
+    results = {"torch.mm": flops / seconds_per_call(lambda: torch.mm(a, b), seconds, best=True) / 1e9}
     if onednn_available():
         linear = nn.Linear(size, size, bias=False)
         with torch.no_grad():
             linear.weight.copy_(b.T)
-        packed = _OneDNNLinear(linear)
+        packed = OneDNNLinear(linear)
         with torch.no_grad():
-            results["onednn"] = flops / best_time(lambda: packed(a), seconds) / 1e9
+            results["onednn"] = flops / seconds_per_call(lambda: packed(a), seconds, best=True) / 1e9
     return results
 
 
@@ -107,7 +89,7 @@ def cpu_copy_gbytes(megabytes: int = 256, seconds: float = 0.5) -> float:
 
     source = torch.randn(megabytes * 2**20 // 4)
     target = torch.empty_like(source)
-    return 2 * source.numel() * 4 / best_time(lambda: target.copy_(source), seconds) / 1e9
+    return 2 * source.numel() * 4 / seconds_per_call(lambda: target.copy_(source), seconds, best=True) / 1e9
 
 
 def bandwidth_text(before_after: tuple[float, float]) -> str:
@@ -126,7 +108,7 @@ def cuda_matmul_tflops(size: int = 8192, dtype_name: str = "bfloat16") -> float:
     dtype = getattr(torch, dtype_name)
     a = torch.randn(size, size, device="cuda", dtype=dtype)
     b = torch.randn(size, size, device="cuda", dtype=dtype)
-    seconds = best_time(lambda: torch.mm(a, b), 1.0, torch.cuda.synchronize)
+    seconds = seconds_per_call(lambda: torch.mm(a, b), 1.0, sync=torch.cuda.synchronize, best=True)
     return 2 * size**3 / seconds / 1e12
 
 

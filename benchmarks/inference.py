@@ -42,6 +42,7 @@ import _support  # noqa: E402
 import torch  # noqa: E402
 
 from mobileclip2 import benchmarking as bm  # noqa: E402
+from mobileclip2.system import package_versions, usable_cores  # noqa: E402
 
 CPU_MODELS = ("MobileCLIP2-S0", "MobileCLIP-S0", "MobileCLIP2-S4")
 GPU_MODELS = ("MobileCLIP2-S0", "MobileCLIP2-S4", "MobileCLIP2-L-14")
@@ -132,7 +133,7 @@ def cpu_targets(results: list[bm.Measurement]) -> list[str]:
 
 def shortens_text(model: str, runtime: str) -> bool:
     """Whether ``runtime`` computes fewer tokens for a caption than for 77: only ``optimize`` on a causal
-    text tower (open_clip config ``no_causal_mask`` false; mobileclip2.inference.truncate_causal_text)."""
+    text tower (open_clip config ``no_causal_mask`` false; mobileclip2.inference.causal_text)."""
     import open_clip
 
     return runtime == "ours" and not open_clip.get_model_config(model)["text_cfg"].get(
@@ -239,13 +240,13 @@ def run_cpu(args) -> int:
         "command": " ".join(["python", "benchmarks/inference.py", *args.argv]),
         "seconds": time.time() - started,
         "cpu": _support.cpu_description(),
-        "cores": _support.cores(),
+        "cores": usable_cores(),
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "load_before": load_before,
         "load_after": _support.load_average(),
         "bandwidth": (bandwidth_before, _support.cpu_copy_gbytes()),
-        "versions": bm.package_versions("open_clip_torch", "timm", "onnxruntime", "mobileclip2"),
+        "versions": package_versions("open_clip_torch", "timm", "onnxruntime", "mobileclip2"),
         "rounds": "; ".join(f"batch {b}: {rounds(b)} rounds" for b in args.batches),
         "mm_size": 2048,
     }
@@ -354,7 +355,7 @@ def gpu_rows(args, name: str, device: str, dtype: torch.dtype, sync) -> list[dic
                 name,
                 tower,
                 batch,
-                {"upstream": bm.timed(run_up, sync), "ours": bm.timed(run_ours, sync)},
+                {"upstream": bm.call_timer(run_up, sync), "ours": bm.call_timer(run_ours, sync)},
                 flops,
                 args.gpu_rounds,
                 2,
@@ -446,7 +447,7 @@ def run_gpu(args) -> int:
         "device": device_text,
         "device_kind": "GPU",
         "peak": peak,
-        "versions": bm.package_versions("open_clip_torch", "timm", "triton", "mobileclip2"),
+        "versions": package_versions("open_clip_torch", "timm", "triton", "mobileclip2"),
     }
     rows: list[dict] = []
     for name in args.models:

@@ -324,8 +324,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from _support import cpu_copy_gbytes, cpu_description, utc_stamp, write_doc_section
 
-    from mobileclip2.benchmarking import PARITY_LIMIT, package_versions
+    from mobileclip2.benchmarking import PARITY_LIMIT
     from mobileclip2.export.sidecar import artifact_size
+    from mobileclip2.system import package_versions
 
     meta = {
         "date": utc_stamp(),

@@ -3,7 +3,7 @@ core for decoding + augmenting, and the wall time this implies for DataCompDR-12
 
 The recipe (Apple's DataCompDR-12M): two ViT-L-14 teachers embed every stored augmentation
 (10 or 30 per image) and the real + 5 synthetic captions; a CoCa ViT-L-14 writes the 5 synthetic
-captions. Each stage runs the production code (mobileclip2.train.reinforce: ShardViews for the
+captions. Each stage runs the production code (mobileclip2.reinforce.generate: ShardViews for the
 CPU side, embed_items / Captioner for the device side) on synthetic JPEGs, after a warm-up, for a
 short timed window. Weights are random (``pretrained=None``, no downloads): compute does not
 depend on them. There is no upstream implementation in this environment to compare against as a
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import platform
 import shlex
 import signal
@@ -160,17 +159,6 @@ def samples_of(images: list[bytes]) -> list[dict]:
     ]
 
 
-def timed(function, window: float, minimum: int = 2) -> float:
-    """Seconds per call: repeat for ``window`` seconds (at least ``minimum`` calls), median-free mean
-    of the calls after the first (warm-up)."""
-    function()
-    calls, started = 0, time.perf_counter()
-    while calls < minimum or time.perf_counter() - started < window:
-        function()
-        calls += 1
-    return (time.perf_counter() - started) / calls
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=sorted(RECIPES), default="cpu")
@@ -204,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     import open_clip
     import torch
 
-    from mobileclip2.train.reinforce import (
+    from mobileclip2.benchmarking import seconds_per_call
+    from mobileclip2.reinforce.generate import (
         DEFAULT_AUGMENTATION,
         Captioner,
         ReinforceOptions,
@@ -212,18 +201,19 @@ def main(argv: list[str] | None = None) -> int:
         embed_items,
         unit_range_augmentation,
     )
-    from mobileclip2.train.teachers import TeacherEnsemble, load_member
+    from mobileclip2.system import set_threads, torch_dtype, usable_cores
+    from mobileclip2.teachers import TeacherEnsemble, load_member
 
     recipe = RECIPES[args.device]
     device = torch.device(args.device)
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[recipe["precision"]]
+    dtype = torch_dtype(recipe["precision"])
     info = {
         "date": date,
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
         "device_name": torch.cuda.get_device_name(device)
         if args.device == "cuda"
-        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        else f"{platform.processor() or platform.machine()}, {usable_cores()} cores",
         "command": "python benchmarks/reinforce.py "
         + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
     }
@@ -257,19 +247,19 @@ def main(argv: list[str] | None = None) -> int:
 
     # CPU side: one core, as one DataLoader worker.
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    set_threads(1)
     for count in (10, 30):
         options = ReinforceOptions(num_augmentations=count, batch_size=recipe["batch"])
         views = ShardViews(samples, "bench.tar", augmentation, options)
         index = iter(range(10**9))
-        per_image = timed(
+        per_image = seconds_per_call(
             lambda views=views, index=index: views[next(index) % len(samples)], min(window, 3.0), minimum=3
         )
         results[f"cpu_{count}"] = 1.0 / per_image
         results["_done"].append(f"cpu_{count}")
         prepared[count] = [views[i] for i in range(len(samples))]
         publish()
-    torch.set_num_threads(threads)
+    set_threads(threads)
 
     # Device side.
     with contextlib.suppress(Exception):
@@ -288,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
 
-            results[f"teachers_{count}"] = recipe["batch"] / timed(step, window)
+            results[f"teachers_{count}"] = recipe["batch"] / seconds_per_call(step, window, minimum=2)
             results["_done"].append(f"teachers_{count}")
             publish()
         del teachers, members
@@ -304,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
 
-            results["caption_s_per_image"] = timed(caption, window, minimum=1) / recipe["batch"]
+            results["caption_s_per_image"] = seconds_per_call(caption, window, minimum=1) / recipe["batch"]
             results["_done"].append("captioner")
     except Exception as error:  # noqa: BLE001 - report what was measured and why the rest was not
         results["_notes"].append(f"Stopped early: {type(error).__name__}: {str(error)[:300]}")
@@ -313,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _decode(data: bytes):
-    from mobileclip2.train.augment import decode_image
+    from mobileclip2.augment import decode_image
 
     return decode_image(data)
 

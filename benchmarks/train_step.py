@@ -12,7 +12,7 @@ student and batch size:
 * ``online``: ``python -m mobileclip2.train --distill-model ...`` with the same teacher ensemble
   run live on every batch, one caption per image.
 
-The shards are made once with ``mobileclip2.train.reinforce`` (the same teachers), so the DR run
+The shards are made once with ``mobileclip2.reinforce.generate`` (the same teachers), so the DR run
 reads real reinforced data. Weights are random (no downloads): compute does not depend on them.
 Per-step time is open_clip_train's own ``Batch (t)`` log (data + forward + backward + optimizer),
 median over the measured steps after ``--warmup-steps``. ``--workers 0`` so the data work DR adds
@@ -60,7 +60,7 @@ def make_plain_shards(root: Path, count: int, size: int, seed: int = 0) -> list[
     import numpy as np
     from PIL import Image
 
-    from mobileclip2.train.reinforce import write_shard
+    from mobileclip2.reinforce.storage import Output
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ def make_plain_shards(root: Path, count: int, size: int, seed: int = 0) -> list[
             }
         )
     path = root / "00000.tar"
-    write_shard(path, samples)
+    Output(path.parent).write_shard(path.name, samples)
     return [str(path)]
 
 
@@ -145,16 +145,16 @@ def run_mode(
 
 
 def render(args, results, reinforce_seconds, started, load_before, load_after, waits=None) -> str:
-    from _support import cores, cpu_description, gpu_description
+    from _support import cpu_description, gpu_description
 
-    from mobileclip2.benchmarking import package_versions
+    from mobileclip2.system import package_versions, usable_cores
 
     gpu = args.device == "cuda"
     plain = statistics.median(results["plain"])
     device = (
         f"GPU, {gpu_description()}, {args.workers} data workers"
         if gpu
-        else f"CPU, {cpu_description()}, {cores()} cores visible"
+        else f"CPU, {cpu_description()}, {usable_cores()} cores visible"
     )
     lines = [
         GPU_BEGIN if gpu else BEGIN,
@@ -274,19 +274,17 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print("--device cuda: torch sees no CUDA device (use --dry-run to check the script on CPU)")
             return 2
+    from mobileclip2.system import set_threads, usable_cores
+
     args.samples = args.batch_size * (args.steps + args.warmup_steps)
     if args.clock == "cpu" or args.threads is None:
-        args.threads = 1 if args.clock == "cpu" else (os.cpu_count() or 1)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-
-    import torch
-
-    torch.set_num_threads(args.threads)
+        args.threads = 1 if args.clock == "cpu" else usable_cores()
+    set_threads(args.threads)
     import open_clip
     from _support import utc_stamp
 
-    from mobileclip2.train.reinforce import ReinforceOptions, reinforce
-    from mobileclip2.train.teachers import TeacherEnsemble, parse_teacher_specs
+    from mobileclip2.reinforce.generate import ReinforceOptions, reinforce
+    from mobileclip2.teachers import TeacherEnsemble, parse_teacher_specs
 
     started = utc_stamp()
     load_before = " ".join(f"{v:.1f}" for v in os.getloadavg())

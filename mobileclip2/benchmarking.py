@@ -25,7 +25,7 @@ faster on the shared test machine, which failed the check for a reason that is n
 
 Text inputs are captions of ``caption_tokens`` tokens (start, words, end-of-text) padded to the
 context length, as a tokenizer gives them, plus a full-context row (77 tokens, the worst case).
-This module imports torch lazily: :func:`package_versions` stays torch-free for light callers.
+This module imports torch lazily (a fake runtime in a test never pays for the import).
 """
 
 from __future__ import annotations
@@ -34,10 +34,7 @@ import contextlib
 import copy
 import importlib
 import multiprocessing
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 import traceback
@@ -46,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import BenchmarkWorkerError
+from .system import set_threads
 
 if TYPE_CHECKING:
     import torch
@@ -62,13 +60,13 @@ __all__ = [
     "faults_per_call",
     "interference_check",
     "minor_page_faults",
-    "package_versions",
     "paired_samples",
     "round_order",
     "same_work_pairs",
     "seeded_model",
     "start_isolated",
-    "timed",
+    "call_timer",
+    "seconds_per_call",
     "tower_inputs",
     "upstream_model",
 ]
@@ -77,19 +75,6 @@ CAPTION_TOKENS = 12  # "a photo of a golden retriever on a beach." with start an
 INTERFERENCE_LIMIT = 0.10  # upstream alone vs among the other runtimes: beyond this, invalid
 PARITY_LIMIT = 1e-3  # fp32 max abs diff of a runtime's output vs upstream's before it is timed
 FAULT_CALLS = 3  # untimed calls per runtime and group whose page faults are counted (after the timing)
-
-
-def package_versions(*dists: str) -> dict[str, str]:
-    """Python, torch and each distribution's installed version (torch-free: read from metadata)."""
-    from importlib import metadata
-
-    found = {"python": platform.python_version()}
-    for dist in ("torch", *dists):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = "not installed"
-    return found
 
 
 def count_flops(fn: Callable[[Any], Any], inputs: Any) -> int:
@@ -108,8 +93,8 @@ def _no_sync() -> None:
     return None
 
 
-def timed(run: Callable[[], Any], sync: Callable[[], None] = _no_sync) -> Callable[[], float]:
-    """``run`` as a timer: a call that returns the seconds one call of ``run`` took (in this process)."""
+def call_timer(run: Callable[[], Any], sync: Callable[[], None] = _no_sync) -> Callable[[], float]:
+    """``run`` as a timer: a function that calls ``run`` once and returns the seconds it took."""
 
     def timer() -> float:
         begin = time.perf_counter()
@@ -118,6 +103,21 @@ def timed(run: Callable[[], Any], sync: Callable[[], None] = _no_sync) -> Callab
         return time.perf_counter() - begin
 
     return timer
+
+
+def seconds_per_call(
+    run: Callable[[], Any], window: float, minimum: int = 3, sync: Callable[[], None] = _no_sync, best: bool = False
+) -> float:
+    """One warm-up call, then calls of ``run`` for ``window`` seconds (at least ``minimum``): the mean
+    seconds per call (a throughput), or with ``best`` the fastest call (a peak rate, for machine
+    descriptions such as copy bandwidth)."""
+    timer = call_timer(run, sync)
+    timer()
+    times: list[float] = []
+    deadline = time.perf_counter() + window
+    while len(times) < minimum or time.perf_counter() < deadline:
+        times.append(timer())
+    return min(times) if best else sum(times) / len(times)
 
 
 def paired_samples(
@@ -230,13 +230,12 @@ def tower_inputs(model: nn.Module, batch: int, caption: int = CAPTION_TOKENS) ->
     """Random image, caption and full-context token inputs of the sizes ``model`` expects (fixed seed)."""
     import torch
 
-    from .inference import example_inputs
+    from .inference.onednn import example_inputs
+    from .shapes import token_geometry
 
-    image, text = example_inputs(model)
+    image, _ = example_inputs(model)
     generator = torch.Generator().manual_seed(0)
-    text_tower = getattr(model, "text", model)
-    vocab = int(getattr(text_tower, "vocab_size", None) or getattr(model, "vocab_size", 49408))
-    context = text.shape[1]
+    context, vocab = token_geometry(model)
     return {
         "image": torch.randn(batch, *image.shape[1:], generator=generator),
         "text": caption_tokens(batch, context, vocab, caption, generator),
@@ -442,16 +441,6 @@ def _as_array(output: Any) -> Any:
     return output.detach().float().cpu().numpy() if hasattr(output, "detach") else np.asarray(output)
 
 
-def _set_threads(threads: int) -> None:
-    """Thread count of torch in this worker: through the environment while torch is not imported
-    (a fake runtime in a test never pays for the import), directly once it is (the spawned worker
-    first re-imports the driver's main script, which may import torch)."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-
-
 def minor_page_faults() -> int | None:
     """Minor page faults of this process so far (all threads), or None where ``resource`` is missing
     (Windows).
@@ -493,9 +482,9 @@ def _worker_main(recipe: Recipe, connection: Any) -> None:
     ``recv`` (no spinning).
     """
     try:
-        _set_threads(recipe.threads)
+        set_threads(recipe.threads)
         prepare = _builder(recipe)(recipe)
-        _set_threads(recipe.threads)  # torch may have been imported by the builder
+        set_threads(recipe.threads)  # torch may have been imported by the builder
         connection.send(("ready",))
         run: Callable[[], Any] | None = None
         while (request := connection.recv()) is not None:

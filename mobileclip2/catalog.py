@@ -11,39 +11,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .plugin import config_files, registration_state
-from .pretrained import hub_location
+from .compat.registry import hub_location
+from .configs import model_names
+from .plugin import registration_state
+from .shapes import image_height_width
 
 
 def natural_key(name: str) -> list:
     """Sort 'MobileCLIP2-S10' after 'MobileCLIP2-S4' (numbers compare as numbers)."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.lower())]
-
-
-# open_clip's default when a vision_cfg names no image_size (CLIPVisionCfg, 2.24.0 - 3.3.0).
-DEFAULT_IMAGE_SIZE = 224
-
-
-def image_height_width(source: Any, preprocess_cfg: dict[str, Any] | None = None) -> tuple[int, int]:
-    """(height, width) of the images a model takes: the one place that reads image sizes.
-
-    ``source`` is an open_clip model (its visual tower's ``preprocess_cfg["size"]``, else
-    ``visual.image_size``) or a model config dict (``vision_cfg.image_size``). An explicit
-    ``preprocess_cfg`` (what an export or a transform was asked to use) wins over both. Sizes are
-    ints or (height, width) pairs in open_clip; both come back as a pair.
-    """
-    size = (preprocess_cfg or {}).get("size")
-    if size is None and isinstance(source, dict):
-        size = source.get("vision_cfg", {}).get("image_size", DEFAULT_IMAGE_SIZE)
-    elif size is None:
-        visual = getattr(source, "visual", source)
-        size = (getattr(visual, "preprocess_cfg", None) or {}).get("size") or getattr(
-            visual, "image_size", DEFAULT_IMAGE_SIZE
-        )
-    if isinstance(size, int):
-        return size, size
-    height, width = tuple(size)[-2:]
-    return int(height), int(width)
 
 
 @dataclass(frozen=True)
@@ -86,7 +62,7 @@ def list_models() -> list[ModelInfo]:
     from open_clip import factory
 
     timm_state, open_clip_state = registration_state()
-    names = [path.stem for path in config_files()]
+    names = model_names()
     infos = [
         _describe(
             name,

@@ -1,21 +1,16 @@
-"""Reading checkpoints safely, writing them atomically, and explaining why one does not fit a model.
+"""Reading checkpoints safely and explaining why one does not fit a model.
 
-Pure helpers over state_dicts (no open_clip internals): format detection by sentinel keys,
-a safe reader that never unpickles code, an atomic writer that never leaves a half-written file
-under a final name, and a mismatch summary short enough to read.
+Pure helpers over state_dicts (no open_clip): format detection by sentinel keys, a reader that
+never unpickles code, and a mismatch summary short enough to read. Which registered model a
+state_dict fits is answered by :mod:`mobileclip2.identify`, which builds models; its answer is
+passed in here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
-import re
-import sys
-import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -93,12 +88,11 @@ def summarize_mismatch(
     checkpoint_state: Mapping[str, torch.Tensor],
     source: str = "checkpoint",
     model_name: str | None = None,
+    fitting: Sequence[str] = (),
 ) -> str:
     """One paragraph saying which model the weights were loaded into, which keys are
-    missing/unexpected/mis-shaped, which registered model they fit instead (if one does), and what to try.
-
-    ``model_name`` is looked up from ``model_state``'s key/shape manifest when not given.
-    """
+    missing/unexpected/mis-shaped, which registered models they fit instead (``fitting``, from
+    :func:`mobileclip2.identify.models_fitting`), and what to try."""
     missing = sorted(set(model_state) - set(checkpoint_state))
     unexpected = sorted(set(checkpoint_state) - set(model_state))
     mis_shaped = sorted(
@@ -106,9 +100,6 @@ def summarize_mismatch(
         for key in set(model_state) & set(checkpoint_state)
         if tuple(model_state[key].shape) != tuple(checkpoint_state[key].shape)
     )
-    if model_name is None:
-        loaded_into = registered_models_fitting(model_state)
-        model_name = " / ".join(loaded_into) if loaded_into else None
     target = f"the model {model_name}" if model_name else "the model"
     parts = [
         f"{source} (detected format: {detect_format(checkpoint_state)}) does not fit {target}: "
@@ -121,7 +112,7 @@ def summarize_mismatch(
         parts.append(f"Unexpected: {_by_prefix(unexpected)} (e.g. {_examples(unexpected)}).")
     if mis_shaped:
         parts.append(f"Mis-shaped: {_examples(mis_shaped, 3)}.")
-    fitting = registered_models_fitting(checkpoint_state)
+    fitting = list(fitting)
     if len(fitting) == 1:
         parts.append(
             f"This looks like a {fitting[0]} checkpoint (its tensors fit that model exactly): load it with "
@@ -139,144 +130,3 @@ def summarize_mismatch(
             "checkpoints with `mobileclip2 convert`."
         )
     return " ".join(parts)
-
-
-# -- which registered model a state_dict fits: key/shape manifests built on the meta device ---------
-
-Manifest = frozenset
-
-
-def manifest(state: Mapping[str, torch.Tensor]) -> Manifest:
-    """The (key, shape) pairs of a state_dict: what a strict load compares."""
-    return frozenset((key, tuple(value.shape)) for key, value in state.items())
-
-
-def _text_signature(state: Mapping[str, Any]) -> dict[str, int]:
-    """Text-tower sizes readable from a state_dict (embed_dim, width, vocab, context), to skip
-    building models that cannot fit."""
-    found: dict[str, int] = {}
-    for key, value in state.items():
-        if key.startswith("visual."):
-            continue
-        shape = tuple(value.shape)
-        if key.endswith("token_embedding.weight") and len(shape) == 2:
-            found["vocab_size"], found["width"] = shape
-        elif re.search(r"(^|\.)positional_embedding$", key) and len(shape) == 2:
-            found["context_length"] = shape[0]
-        elif re.search(r"(^|\.)text_projection(\.weight)?$", key) and len(shape) == 2:
-            found["embed_dim"] = shape[1] if key.endswith("text_projection") else shape[0]
-    return found
-
-
-def _config_signature(cfg: Mapping[str, Any]) -> dict[str, int]:
-    text = cfg.get("text_cfg", {})
-    return {
-        "embed_dim": cfg.get("embed_dim"),
-        "width": text.get("width", 512),
-        "vocab_size": text.get("vocab_size", 49408),
-        "context_length": text.get("context_length", 77),
-    }
-
-
-@functools.cache
-def _registered_manifest(name: str) -> Manifest:
-    import open_clip
-
-    with torch.device("meta"):
-        model = open_clip.create_model(name, device="meta")
-    return manifest(model.state_dict())
-
-
-def registered_models_fitting(state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Names of this package's models whose key/shape manifest equals ``state``'s.
-
-    Only models whose config agrees with the text-tower sizes read from ``state`` are built, on
-    the meta device (no memory, no init cost beyond module construction), once per process.
-    """
-    if "logit_scale" not in state:  # every CLIP/CoCa model has one: a partial or foreign state fits none
-        return []
-    try:
-        from open_clip import factory
-
-        from .plugin import config_files
-    except ImportError:  # pragma: no cover - open_clip is a dependency
-        return []
-    wanted, signature = manifest(state), _text_signature(state)
-    fitting = []
-    for path in config_files():
-        cfg = factory.get_model_config(path.stem) or {}
-        known = _config_signature(cfg)
-        if any(known.get(k) is not None and known[k] != v for k, v in signature.items()):
-            continue
-        try:
-            if _registered_manifest(path.stem) == wanted:
-                fitting.append(path.stem)
-        except Exception:  # noqa: BLE001 - a model this environment cannot build fits nothing
-            continue
-    return fitting
-
-
-# Test hook for the kill tests: seconds to wait after the temporary file is complete and before it
-# is renamed into place (announced on stderr), so a test can kill the process at that moment.
-PAUSE_BEFORE_REPLACE_ENV = "MOBILECLIP2_PAUSE_BEFORE_REPLACE"
-_PARTIAL = ".partial-"
-
-
-def _partial_name(dst: Path, pid: int) -> Path:
-    return dst.with_name(f".{dst.name}{_PARTIAL}{pid}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
-
-
-def remove_stale_partials(dst: str | os.PathLike) -> list[Path]:
-    """Delete temporary files that killed writers of ``dst`` left behind (their pid is gone)."""
-    dst = Path(dst)
-    removed = []
-    for partial in dst.parent.glob(f".{dst.name}{_PARTIAL}*"):
-        pid = partial.name.rsplit(_PARTIAL, 1)[1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            partial.unlink(missing_ok=True)
-            removed.append(partial)
-    return removed
-
-
-def default_file_mode() -> int:
-    """0o666 minus the process umask: the mode `open()` would give a new file (0644 under umask 022)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-@contextlib.contextmanager
-def atomic_output(dst: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``dst``; when the block succeeds, move it to ``dst`` in one step.
-
-    Why: a process killed mid-write (or a writer that raises) must never leave a partial file under
-    the final name. The temporary file is hidden and named after the writer's pid, so a later
-    writer removes it once that process is gone. Parent folders are created; the result gets the
-    mode an ordinary new file gets (writers such as safetensors' create 0600 files).
-    """
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(dst)
-    partial = _partial_name(dst, os.getpid())
-    try:
-        yield partial
-        os.chmod(partial, default_file_mode())
-        with open(partial, "rb") as handle:
-            os.fsync(handle.fileno())
-        pause = float(os.environ.get(PAUSE_BEFORE_REPLACE_ENV) or 0)
-        if pause > 0:
-            print(f"mobileclip2: complete, not yet renamed: {partial}", file=sys.stderr, flush=True)
-            time.sleep(pause)
-        os.replace(partial, dst)
-    finally:
-        partial.unlink(missing_ok=True)

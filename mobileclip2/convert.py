@@ -7,10 +7,12 @@ the same tensors ``visual.trunk.*`` (timm's fastvit / vit_base_mci_224 layout), 
 ``logit_scale``. The mapping is a handful of ordered rename tables plus three tensor reshapes
 (positional embeddings, the image projection); nothing here builds or mutates a model.
 
-The image mapping reproduces timm 1.0.31's ``fastvit.checkpoint_filter_fn`` and
-``vision_transformer_hybrid._convert_mobileclip`` for these checkpoints (tested), and the text
-mapping open_clip 3.3.0's ``convert_mobile_clip_state_dict``, which does not handle S0's MCt;
-neither is imported, because the oldest supported timm/open_clip lack them.
+The image trunks are mapped by their family modules (``models.mci.from_apple_layout``,
+``models.vit_mci.from_apple_layout``: the same renames their timm ``checkpoint_filter_fn`` applies,
+as in timm), the text towers here; the text mapping reproduces open_clip 3.3.0's
+``convert_mobile_clip_state_dict``, which does not handle S0's MCt (tested; not imported, because
+the oldest supported open_clip lacks it). Which model a file is comes from
+:func:`mobileclip2.identify.models_fitting` on the converted tensors.
 
 Entry points: :func:`convert_state_dict` (pure), :func:`convert_if_apple_v1` (the hook every
 open_clip load passes through, see plugin.register) and :func:`convert_checkpoint` (files; also
@@ -19,17 +21,17 @@ open_clip load passes through, see plugin.register) and :func:`convert_checkpoin
 
 from __future__ import annotations
 
-import bisect
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoints import detect_format, read_state_dict, summarize_mismatch
+from .checkpoints import detect_format, read_state_dict
+from .compat.timm_layers import FUSED_ATTRS
 from .errors import CheckpointMismatchError
-from .reparam import FUSED_ATTRS
+from .identify import explain_mismatch, manifest, meta_state_dict, models_fitting
+from .models import APPLE_IMAGE_PREFIX, mci, rename, vit_mci
 
 __all__ = [
     "ConvertedCheckpoint",
@@ -39,49 +41,17 @@ __all__ = [
     "convert_if_apple_v1",
     "convert_state_dict",
     "describe_apple_v1",
-    "identify_v1_model",
-    "image_trunk_state_dict",
     "is_apple_v1",
     "read_and_convert",
     "save_safetensors",
 ]
 
-IMAGE_PREFIX = "image_encoder.model."
+IMAGE_PREFIX = APPLE_IMAGE_PREFIX
 TEXT_PREFIX = "text_encoder."
 TOP_LEVEL_KEYS = ("logit_scale",)
-
-# Sentinels: the first tensor of each V1 image trunk (MCi's stem, the ViT's conv stem).
-_FASTVIT_SENTINEL = IMAGE_PREFIX + "patch_embed.0.rbr_conv.0.conv.weight"
-_VIT_SENTINEL = IMAGE_PREFIX + "patch_emb.0.block.conv.weight"
-
-# -- image trunk: MCi (FastViT) -> timm fastvit_mci*, applied in order to the key without prefix ---
-_FASTVIT_RENAMES = (
-    ("patch_embed.", "stem."),
-    ("rbr_conv.", "conv_kxk."),
-    ("rbr_scale.", "conv_scale."),
-    ("rbr_skip.", "identity."),
-    ("conv_exp.", "final_conv."),
-    ("lkb_origin.", "large_conv."),
-    ("convffn.", "mlp."),
-    ("se.reduce.", "se.fc1."),
-    ("se.expand.", "se.fc2."),
-)
-
-# -- image trunk: Apple's ViT-B/16 -> timm vit_base_mci_224 ---------------------------------------
-_VIT_RENAMES = (
-    ("patch_emb.", "patch_embed.backbone."),
-    ("block.conv", "conv"),
-    ("block.norm", "bn"),
-    ("post_transformer_norm.", "norm."),
-    ("pre_norm_mha.0", "norm1"),
-    ("pre_norm_mha.1", "attn"),
-    ("pre_norm_ffn.0", "norm2"),
-    ("pre_norm_ffn.1", "mlp.fc1"),
-    ("pre_norm_ffn.4", "mlp.fc2"),
-    ("qkv_proj.", "qkv."),
-    ("out_proj.", "proj."),
-    ("transformer.", "blocks."),
-)
+_GENERATED = "(generated)"  # provenance of tensors the V1 format lacks (zero biases of the projections)
+# Apple's V1 package released MobileCLIP models only; their MobileCLIP2 twins have the same tensors.
+V1_FAMILY = "MobileCLIP-"
 
 # -- text: Apple's TextTransformer ("base" and "mct") -> open_clip TextTransformer / our MCt -------
 _TEXT_RENAMES = (
@@ -101,17 +71,7 @@ _TEXT_RENAMES = (
     ("convffn.", "mlp."),
 )
 # Learned positions, stored as [1, 1, L, C] by both towers.
-_TEXT_POSITIONS_V1 = "positional_embedding.pos_embed.pos_embed"
-_VIT_POSITIONS_V1 = "pos_embed.pos_embed.pos_embed"
-_GENERATED = "(generated)"  # provenance of tensors the V1 format lacks (zero biases of the projections)
-
-# Architecture fingerprints: (image trunk, stem width, image blocks, text kind, text blocks).
-_V1_FINGERPRINTS = {
-    ("fastvit", 64, 20, "mct", 6): "MobileCLIP-S0",
-    ("fastvit", 64, 40, "base", 12): "MobileCLIP-S1",
-    ("fastvit", 80, 44, "base", 12): "MobileCLIP-S2",
-    ("vit", 768, 12, "base", 12): "MobileCLIP-B",  # MobileCLIP-B (LT) has the same architecture
-}
+_TEXT_POSITIONS_V1 = "positional_embedding.pos_embed.pos_embed"  # stored as [1, 1, L, C]
 
 
 @dataclass
@@ -128,77 +88,13 @@ def is_apple_v1(keys: Iterable[str]) -> bool:
     return any(key.startswith((IMAGE_PREFIX, TEXT_PREFIX)) for key in keys)
 
 
-def _rename(key: str, table: tuple[tuple[str, str], ...]) -> str:
-    for old, new in table:
-        key = key.replace(old, new)
-    return key
-
-
-def _layer_scale_to_gamma(key: str) -> str:
-    """timm keeps layer scales in LayerScale2d modules: ``layer_scale`` -> ``layer_scale.gamma``."""
-    key = re.sub(r"layer_scale_([0-9])$", r"layer_scale_\1.gamma", key)
-    return key + ".gamma" if key.endswith("layer_scale") else key
-
-
-def _stage_ends(image_keys: Iterable[str]) -> list[int]:
-    """Indices of the downsampling PatchEmbeds in MCi's flat ``network`` list: the stage boundaries."""
-    ends = {int(match.group(1)) for key in image_keys if (match := re.match(r"network\.(\d+)\.proj\.", key))}
-    return sorted(ends)
-
-
-def _fastvit_stage_key(key: str, stage_ends: list[int]) -> str:
-    """``network.N.*`` (one flat list) -> ``stages.S.{downsample,pos_emb,blocks}.*`` (timm)."""
-    match = re.match(r"network\.(\d+)\.(.*)$", key)
-    if match is None:
-        return key
-    index, rest = int(match.group(1)), match.group(2)
-    stage = f"stages.{bisect.bisect_right(stage_ends, index)}"
-    if rest.startswith("proj."):
-        return f"{stage}.downsample.{rest}"
-    if rest.startswith("pe."):
-        return f"{stage}.pos_emb.pos_enc.{rest[len('pe.') :]}"
-    return f"{stage}.blocks.{rest}"
-
-
-def _positions(value: torch.Tensor, keep_batch: bool) -> torch.Tensor:
-    """Apple stores learned positions as [1, 1, L, C]; timm's ViT wants [1, L, C], open_clip text [L, C]."""
-    table = value.reshape(value.shape[-2], value.shape[-1])
-    return table.unsqueeze(0) if keep_batch else table
-
-
-def _convert_fastvit(image: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
-    stage_ends = _stage_ends(image)
-    out = {}
-    for key, value in image.items():
-        if key == "head.proj":  # GlobalPool2D projection [C, D] -> the timm head's Linear, zero bias
-            out["head.fc.weight"] = (key, value.T)
-            out["head.fc.bias"] = (_GENERATED, torch.zeros(value.shape[1], dtype=value.dtype))
-            continue
-        new_key = _fastvit_stage_key(_layer_scale_to_gamma(_rename(key, _FASTVIT_RENAMES)), stage_ends)
-        out[new_key] = (key, value)
-    return out
-
-
-def _convert_vit(image: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
-    out = {}
-    for key, value in image.items():
-        if key == _VIT_POSITIONS_V1:
-            out["pos_embed"] = (key, _positions(value, keep_batch=True))
-        elif key == "classifier.proj":  # SimpleImageProjectionHead [C, D] -> Linear, zero bias
-            out["head.weight"] = (key, value.T)
-            out["head.bias"] = (_GENERATED, torch.zeros(value.shape[1], dtype=value.dtype))
-        else:
-            out[_rename(key, _VIT_RENAMES)] = (key, value)
-    return out
-
-
 def _convert_text(text: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
     out = {}
     for key, value in text.items():
         if key == _TEXT_POSITIONS_V1:
-            out["positional_embedding"] = (key, _positions(value, keep_batch=False))
+            out["positional_embedding"] = (key, value.reshape(value.shape[-2], value.shape[-1]))
             continue
-        new_key = _layer_scale_to_gamma(_rename(key, _TEXT_RENAMES))
+        new_key = mci.layer_scale_key(rename(key, _TEXT_RENAMES))
         if new_key.startswith("transformer."):
             new_key = "transformer.resblocks." + new_key[len("transformer.") :]
         out[new_key] = (key, value)
@@ -207,32 +103,6 @@ def _convert_text(text: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.T
 
 def _split(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
-
-
-def _count_blocks(keys: Iterable[str], pattern: str) -> int:
-    return len({match.groups() for key in keys if (match := re.match(pattern, key))})
-
-
-def identify_v1_model(state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    """The OpenCLIP name whose architecture this V1 state_dict has (by block counts and widths)."""
-    image = _split(state_dict, IMAGE_PREFIX)
-    text = _split(state_dict, TEXT_PREFIX)
-    if _FASTVIT_SENTINEL in state_dict:
-        trunk = (
-            "fastvit",
-            state_dict[_FASTVIT_SENTINEL].shape[0],
-            _count_blocks(image, r"network\.(\d+)\.(\d+)\."),
-        )
-    elif _VIT_SENTINEL in state_dict and _VIT_POSITIONS_V1 in image:
-        trunk = (
-            "vit",
-            image[_VIT_POSITIONS_V1].shape[-1],
-            _count_blocks(image, r"transformer\.(\d+)\."),
-        )
-    else:
-        return None
-    text_kind = "mct" if any(".token_mixer." in key for key in text) else "base"
-    return _V1_FINGERPRINTS.get((*trunk, text_kind, _count_blocks(text, r"transformer\.(\d+)\.")))
 
 
 def _unmapped_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
@@ -246,8 +116,10 @@ def _fused_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     return sorted(k for k in state_dict if any(marker in k.split(".") for marker in FUSED_ATTRS))
 
 
-def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> V1Conversion:
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor], identify: bool = True) -> V1Conversion:
     """Map every tensor of an Apple V1 state_dict to its OpenCLIP name; raise on keys with no mapping.
+
+    ``identify`` also names the model the result fits (builds candidates on the meta device).
 
     Raises CheckpointMismatchError for keys outside Apple's three groups, and for checkpoints
     saved *after* reparameterization (their fused convs have no place in a trainable model).
@@ -271,46 +143,40 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> V1Conversion:
             "original file, then call mobileclip2.reparameterize(model) after loading."
         )
     image = _split(state_dict, IMAGE_PREFIX)
-    image_out = _convert_vit(image) if _VIT_SENTINEL in state_dict else _convert_fastvit(image)
+    family = vit_mci if vit_mci.APPLE_SENTINEL in image else mci
     mapped: dict[str, tuple[str, torch.Tensor]] = {}
-    for key, (source, value) in image_out.items():
-        mapped["visual.trunk." + key] = (source if source == _GENERATED else IMAGE_PREFIX + source, value)
+    for key, (source, value) in family.from_apple_layout(image).items():
+        mapped["visual.trunk." + key] = (_GENERATED if source is None else IMAGE_PREFIX + source, value)
     for key, (source, value) in _convert_text(_split(state_dict, TEXT_PREFIX)).items():
         mapped["text." + key] = (TEXT_PREFIX + source, value)
     for key in TOP_LEVEL_KEYS:
         if key in state_dict:
             mapped[key] = (key, state_dict[key])
-    return V1Conversion(
+    conversion = V1Conversion(
         state_dict={key: value for key, (_, value) in mapped.items()},
         source_of={key: source for key, (source, _) in mapped.items()},
-        model_name=identify_v1_model(state_dict),
     )
-
-
-def image_trunk_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The image trunk of an Apple V1 checkpoint, in timm's layout (no ``visual.trunk.`` prefix).
-
-    The backfilled timm models' ``checkpoint_filter_fn`` use it so ``timm.create_model(
-    'fastvit_mci0.apple_mclip', pretrained=True)`` loads Apple's file as timm >= 1.0.7 does.
-    """
-    image_only = {key: value for key, value in state_dict.items() if key.startswith(IMAGE_PREFIX)}
-    trunk = "visual.trunk."
-    converted = convert_state_dict(image_only).state_dict
-    return {key[len(trunk) :]: value for key, value in converted.items() if key.startswith(trunk)}
+    if identify:
+        fitting = [name for name in models_fitting(conversion.state_dict) if name.startswith(V1_FAMILY)]
+        conversion.model_name = fitting[0] if len(fitting) == 1 else None
+    return conversion
 
 
 def convert_if_apple_v1(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The load hook (compat.add_state_dict_converter): V1 state_dicts are converted, others pass unchanged."""
     if not is_apple_v1(state_dict):
         return state_dict
-    return convert_state_dict(state_dict).state_dict
+    return convert_state_dict(state_dict, identify=False).state_dict
 
 
 def describe_apple_v1(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     """A sentence for load errors: which model an Apple V1 file (converted while loading) belongs to."""
     if not is_apple_v1(state_dict):
         return None
-    name = identify_v1_model(state_dict)
+    try:
+        name = convert_state_dict(state_dict).model_name
+    except CheckpointMismatchError:  # fused or foreign keys: not one of Apple's released files
+        name = None
     if name is None:
         return "The file is an Apple MobileCLIP V1 checkpoint (converted while loading) of an unrecognised architecture."
     return (
@@ -320,19 +186,17 @@ def describe_apple_v1(state_dict: Mapping[str, torch.Tensor]) -> str | None:
 
 
 def _check_fits(model_name: str, conversion: V1Conversion | None, state_dict: dict, source: str) -> None:
-    """Strict load into ``open_clip.create_model(model_name)``; a mismatch names keys on both sides."""
-    import open_clip
-
-    model = open_clip.create_model(model_name)
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:
-        summary = summarize_mismatch(model.state_dict(), state_dict, source=source, model_name=model_name)
-        if conversion is not None:
-            leftovers = sorted(conversion.source_of[k] for k in set(state_dict) - set(model.state_dict()))
-            if leftovers:
-                summary += f" Source keys with no place in {model_name}: {', '.join(leftovers[:4])}."
-        raise CheckpointMismatchError(summary) from error
+    """Raise unless a strict load into ``open_clip.create_model(model_name)`` would succeed (equal
+    key/shape manifests, compared on the meta device); the error names keys on both sides."""
+    model_state = meta_state_dict(model_name)
+    if manifest(model_state) == manifest(state_dict):
+        return
+    summary = explain_mismatch(model_state, state_dict, source=source, model_name=model_name)
+    if conversion is not None:
+        leftovers = sorted(conversion.source_of[k] for k in set(state_dict) - set(model_state))
+        if leftovers:
+            summary += f" Source keys with no place in {model_name}: {', '.join(leftovers[:4])}."
+    raise CheckpointMismatchError(summary)
 
 
 @dataclass
@@ -399,11 +263,11 @@ def check_output_name(dst: str | os.PathLike) -> str:
 def save_safetensors(state_dict: Mapping[str, torch.Tensor], dst: str | os.PathLike) -> None:
     """Write ``state_dict`` for open_clip, which picks its reader by the file suffix.
 
-    Atomic (checkpoints.atomic_output): a killed or failed write leaves no file under ``dst``.
+    Atomic (:func:`mobileclip2.files.atomic_output`): a killed or failed write leaves no file under ``dst``.
     """
     from safetensors.torch import save_file
 
-    from .checkpoints import atomic_output
+    from .files import atomic_output
 
     with atomic_output(check_output_name(dst)) as partial:
         save_file({key: value.contiguous() for key, value in state_dict.items()}, os.fspath(partial))

@@ -77,18 +77,19 @@ def ensure_weights_available(model_name: str, pretrained: str | None, timeout: f
         return
     import open_clip
 
-    from .compat import _check_model_and_tag
+    from .compat.factory import check_model_and_tag
+    from .compat.registry import hub_location, hub_weight_file_names
     from .errors import WeightsUnavailableError
-    from .pretrained import HF_SAFE_WEIGHTS_NAME, hub_location, hub_offline
+    from .pretrained import hub_offline
 
-    _check_model_and_tag(model_name, pretrained)
+    check_model_and_tag(model_name, pretrained)
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if not cfg or not cfg.get("hf_hub"):
         return
     repo_id, filename = hub_location(cfg)
     candidates = [filename]
     if cfg["hf_hub"].endswith("/"):  # open_clip tries the safetensors file of 'org/repo/' entries first
-        candidates.insert(0, HF_SAFE_WEIGHTS_NAME)
+        candidates.insert(0, hub_weight_file_names()[1])
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 
 # timm backbone name -> module defining it (torch-free table in mobileclip2.models).
 from .models import BACKBONE_MODULES
@@ -35,25 +33,6 @@ class Registration:
 _TIMM_STATE = Registration()
 _OPEN_CLIP_STATE = Registration()
 _in_progress: set[str] = set()
-
-
-def config_files() -> list[Path]:
-    """Our architecture JSONs (package data), one file per open_clip model name.
-
-    Installed as the package ``mobileclip2.model_configs`` (from the top-level ``model_configs/``, see
-    setup.py); a checkout used through ``PYTHONPATH`` has no such package and reads the folder itself.
-    """
-    checkout = Path(__file__).resolve().parent.parent / "model_configs"
-    if checkout.is_dir():
-        root = checkout
-    else:
-        root = resources.files("mobileclip2.model_configs")
-    return sorted(Path(str(entry)) for entry in root.iterdir() if entry.name.endswith(".json"))
-
-
-def backbone_names() -> list[str]:
-    """The timm names we can backfill (``fastvit_mci0`` .. ``vit_base_mci_224``); imports nothing heavy."""
-    return list(BACKBONE_MODULES)
 
 
 def register_timm(force_backfill: bool = False) -> Registration:
@@ -105,21 +84,21 @@ def register(force_backfill: bool = False) -> Registration:
         return _OPEN_CLIP_STATE
     _in_progress.add("open_clip")
     try:
-        from . import compat
+        from .compat import coca, factory, registry, text_tower
+        from .configs import config_files
+        from .identify import explain_mismatch
         from .pretrained import preprocess_defaults, pretrained_table
 
         register_timm(force_backfill)
-        _OPEN_CLIP_STATE.configs_backfilled = compat.add_model_config_files(
+        _OPEN_CLIP_STATE.configs_backfilled = registry.add_model_config_files(
             config_files(), replace=force_backfill
         )
-        _OPEN_CLIP_STATE.tags_backfilled = compat.add_pretrained_cfgs(
-            pretrained_table(), replace=force_backfill
-        )
+        _OPEN_CLIP_STATE.tags_backfilled = registry.add_pretrained_cfgs(pretrained_table(), replace=force_backfill)
         for kind, target in TEXT_TOWERS.items():
-            compat.register_text_tower(kind, _lazy_builder(target))
-        compat.install_factory_hooks(local_file_preprocess=preprocess_defaults())
-        compat.add_state_dict_converter(_convert_if_apple_v1, describe=_describe_apple_v1)
-        compat.enable_coca_sampling()
+            text_tower.register_text_tower(kind, _lazy_builder(target))
+        factory.install_factory_hooks(preprocess_defaults(), explain_mismatch)
+        factory.add_state_dict_converter(_convert_if_apple_v1, describe=_describe_apple_v1)
+        coca.enable_coca_sampling()
         _OPEN_CLIP_STATE.done = True
     finally:
         _in_progress.discard("open_clip")

@@ -1,7 +1,8 @@
 """The pretrained-tag table: which weights each MobileCLIP name can load, and how to preprocess.
 
 The table itself is data (``data/pretrained.json``); this module only expands presets and
-answers questions about it. It imports nothing heavy so the plugin can read it cheaply.
+answers questions about it. It imports nothing heavy so the plugin can read it cheaply. How open_clip
+turns an entry into a Hub file is open_clip's rule (``compat.registry.hub_location``).
 """
 
 from __future__ import annotations
@@ -11,16 +12,6 @@ import json
 import os
 from importlib import resources
 from typing import Any
-
-
-def __getattr__(name: str) -> str:
-    """``HF_WEIGHTS_NAME`` / ``HF_SAFE_WEIGHTS_NAME``: open_clip's own values (compat.registry), on use."""
-    names = ("HF_WEIGHTS_NAME", "HF_SAFE_WEIGHTS_NAME")
-    if name not in names:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from .compat.registry import hub_weight_file_names
-
-    return dict(zip(names, hub_weight_file_names()))[name]
 
 
 def _expand(entry: dict[str, Any], presets: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -40,16 +31,6 @@ def pretrained_table() -> dict[str, dict[str, dict[str, Any]]]:
         model: {tag: _expand(entry, presets) for tag, entry in tags.items()}
         for model, tags in raw["models"].items()
     }
-
-
-def hub_location(cfg: dict[str, Any]) -> tuple[str, str]:
-    """(repo_id, filename) the cfg downloads from, with open_clip's default name for 'org/repo/'."""
-    repo_id, _, filename = cfg["hf_hub"].rstrip().rpartition("/")
-    if not filename:  # 'org/repo/' form
-        from .compat.registry import hub_weight_file_names
-
-        repo_id, filename = cfg["hf_hub"].rstrip("/"), hub_weight_file_names()[0]
-    return repo_id, filename
 
 
 def hub_offline() -> bool:

@@ -18,9 +18,9 @@ import warnings
 
 from torch import nn
 
-from .compat.timm_layers import FUSED_ATTRS, fuse_method, is_fused  # noqa: F401 - FUSED_ATTRS re-exported (convert.py)
+from .compat.timm_layers import fuse_method, is_fused
 
-__all__ = ["is_fused", "reparameterize"]
+__all__ = ["reparameterize"]
 
 
 def _fuse(module: nn.Module) -> nn.Module:

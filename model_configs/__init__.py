@@ -2,5 +2,5 @@
 
 This top-level folder is the single source; setup.cfg ships it as the package
 ``mobileclip2.model_configs`` (package data) in wheels and editable installs alike, and
-``mobileclip2.plugin.config_files`` reads it from there.
+``mobileclip2.configs.config_files`` reads it from there.
 """

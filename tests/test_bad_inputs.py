@@ -128,7 +128,7 @@ def _inspect(key, **sampling):
 
 
 def _crop(hw):
-    from mobileclip2.train.augment import Augmentation
+    from mobileclip2.augment import Augmentation
     from mobileclip2.train.data import check_stored_crop
 
     augmentation = Augmentation.from_config({"random_resized_crop": {"size": 32}, "to_tensor": {}})
@@ -152,7 +152,7 @@ def _collate_widths(files):
 
 
 def _pth_gz_list(files):
-    from mobileclip2.train.data import decode_embeddings
+    from mobileclip2.reinforce.shards import decode_embeddings
 
     buffer = io.BytesIO()
     torch.save([torch.zeros(2)], buffer)
@@ -206,7 +206,7 @@ def _device(device):
 
 
 def _augmentation(config):
-    from mobileclip2.train.augment import Augmentation
+    from mobileclip2.augment import Augmentation
 
     return lambda files: Augmentation.from_config(config)
 
@@ -217,8 +217,8 @@ def _nan_weights(role):
     def call(files):
         from train_support import COCA_CONFIG, teacher_config, write_model_dir
 
-        from mobileclip2.train.reinforce import Captioner
-        from mobileclip2.train.teachers import load_member
+        from mobileclip2.reinforce.generate import Captioner
+        from mobileclip2.teachers import load_member
 
         folder = Path(files["root"]) / f"nan-{role}"
         config = COCA_CONFIG if role == "captioner" else teacher_config(32, 32, [0.5] * 3, [0.5] * 3)
@@ -246,9 +246,9 @@ def _rows() -> list[Row]:
         UnknownModelError,
         UnknownPretrainedTagError,
     )
+    from mobileclip2.teachers import TeacherError
     from mobileclip2.train.args import TrainArgsError
     from mobileclip2.train.data import CropMismatchError, DRDataError
-    from mobileclip2.train.teachers import TeacherError
 
     return [
         # names and tags

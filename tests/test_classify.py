@@ -9,8 +9,8 @@ from pathlib import Path
 import open_clip
 import pytest
 
-from mobileclip2 import cli
-from mobileclip2.commands.classify import EXAMPLE_IMAGE, check_images, classify_images, read_labels
+from mobileclip2 import EXAMPLE_IMAGE, cli
+from mobileclip2.commands.classify import check_images, classify_images, read_labels
 from mobileclip2.errors import WeightsUnavailableError
 from mobileclip2.loading import ensure_weights_available, preprocess_source
 

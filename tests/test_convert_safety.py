@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from mobileclip2.checkpoints import PAUSE_BEFORE_REPLACE_ENV, atomic_output
 from mobileclip2.cli import main
+from mobileclip2.files import PAUSE_BEFORE_REPLACE_ENV, atomic_output
 
 
 def _convert(src, dst, *extra) -> list[str]:

@@ -20,7 +20,8 @@ from model_support import inputs, reference_model
 
 from mobileclip2 import cli
 from mobileclip2.errors import ExporterUnavailableError, ExportParityError
-from mobileclip2.export import DEFAULT_OPSET, export_loaded, export_model
+from mobileclip2.export.formats import DEFAULT_OPSET
+from mobileclip2.export.pipeline import export_loaded, export_model
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -213,7 +214,7 @@ def test_kill_9_mid_export_leaves_no_partial_file_or_stale_sidecar_and_a_rerun_r
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     names = _listing(out)
     assert "tiny.onnx.json" not in names  # no sidecar describing a mix of old and new graphs
-    staged = [n for n in names if n.startswith(".mobileclip2-export-")]
+    staged = [n for n in names if n.startswith(".tiny.onnx.json.tmp-")]
     assert len(staged) == 1  # what the killed process left, under a hidden staging name
     for final in ("tiny.image.onnx", "tiny.text.onnx"):  # whatever sits under a final name is whole
         ort.InferenceSession(str(out / final), providers=["CPUExecutionProvider"])
@@ -253,8 +254,8 @@ def test_a_missing_exporter_names_the_extra(tmp_path, capsys, monkeypatch):
 
 def test_cli_help_and_package_constants_stay_torch_free():
     code = (
-        "import sys; from mobileclip2.commands import export; import mobileclip2.export as e; "
-        "assert e.FORMATS == ('onnx', 'executorch', 'coreml', 'litert'); "
+        "import sys; from mobileclip2.commands import export; import mobileclip2.export.formats as e; "
+        "assert tuple(e.FORMATS) == ('onnx', 'executorch', 'coreml', 'litert'); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "MOBILECLIP2_AUTOLOAD": "0"})
@@ -263,13 +264,12 @@ def test_cli_help_and_package_constants_stay_torch_free():
 def test_public_api_shape():
     import mobileclip2
 
-    assert mobileclip2.export_model is export_model
-    assert mobileclip2.export.export_model is export_model and "export_model" in dir(mobileclip2)
+    assert mobileclip2.export_model is export_model and "export_model" in dir(mobileclip2)
 
 
 @pytest.mark.skipif(
     importlib.util.find_spec("litert_torch") is None or importlib.util.find_spec("ai_edge_litert") is None,
-    reason="LiteRT is installed on its own, not by any extra (docs/deployment.md)",
+    reason="LiteRT has its own extra, mobileclip2[litert], which the test environment does not install",
 )
 def test_litert_export_runs_in_the_litert_interpreter(tmp_path):
     result = _tiny_export(tmp_path, format="litert")
@@ -281,9 +281,9 @@ def test_litert_export_runs_in_the_litert_interpreter(tmp_path):
 def test_every_image_size_reader_agrees_with_the_catalog_helper():
     """Export geometry, optimize's example inputs and the catalog read image sizes in one place;
     an explicit preprocess size (what the export was asked for) wins over the model's own."""
-    from mobileclip2.catalog import image_height_width
     from mobileclip2.export.towers import geometry
-    from mobileclip2.inference import example_inputs
+    from mobileclip2.inference.onednn import example_inputs
+    from mobileclip2.shapes import image_height_width
 
     model = tiny_clip()
     model.visual.preprocess_cfg = {**TINY_PREPROCESS, "size": (24, 40)}

@@ -42,7 +42,7 @@ def s0_pt_file(s0_state, tmp_path_factory):
     ],
 )
 def test_tag_loads_exactly_the_cached_tensors(tmp_path, name, tag, filename):
-    from mobileclip2.pretrained import hub_location
+    from mobileclip2.compat.registry import hub_location
 
     cfg = open_clip.get_pretrained_cfg(name, tag)
     repo_id, _ = hub_location(cfg)

@@ -193,7 +193,7 @@ def test_too_long_input_is_a_clear_error(model):
 
 
 def test_datacompdr_tag_points_at_apples_v1_file():
-    from mobileclip2.pretrained import hub_location
+    from mobileclip2.compat.registry import hub_location
 
     assert open_clip.list_pretrained_tags_by_model(NAME) == ["datacompdr"]
     cfg = open_clip.get_pretrained_cfg(NAME, "datacompdr")

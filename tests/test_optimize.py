@@ -16,18 +16,17 @@ from torch import nn
 
 import mobileclip2
 from mobileclip2 import benchmarking
-from mobileclip2.compat.block_types import block_types
-from mobileclip2.inference import (
-    _CausalPrefixText,
-    _ExpandedDepthwise,
-    _ImageInput,
-    _OneDNNConv2d,
-    _OneDNNLinear,
-    _OneDNNSelfAttentionBlock,
-    _ResidualConvMlpBlock,
-    fold_affines,
+from mobileclip2.inference import optimize
+from mobileclip2.inference.causal_text import CausalPrefixText
+from mobileclip2.inference.common import ImageInput, block_types
+from mobileclip2.inference.fold import fold_affines
+from mobileclip2.inference.onednn import (
+    ExpandedDepthwise,
+    OneDNNConv2d,
+    OneDNNLinear,
+    OneDNNSelfAttentionBlock,
+    ResidualConvMlpBlock,
     onednn_available,
-    optimize,
 )
 
 TOLERANCE = 1e-4
@@ -79,17 +78,17 @@ def test_optimized_normalized_embeddings_match(pair):
 def test_optimized_uses_prepacked_onednn_layers(pair):
     name, _, optimized = pair
     kinds = {type(m) for m in optimized.modules()}
-    assert _OneDNNConv2d in kinds and _OneDNNLinear in kinds
-    assert _OneDNNSelfAttentionBlock in kinds  # open_clip's text blocks and MCt's transformer layers
+    assert OneDNNConv2d in kinds and OneDNNLinear in kinds
+    assert OneDNNSelfAttentionBlock in kinds  # open_clip's text blocks and MCt's transformer layers
     assert not any(isinstance(m, (nn.BatchNorm2d, nn.MultiheadAttention)) for m in optimized.modules()), name
     fused_gelu = [m for m in optimized.modules() if getattr(m, "unary", None) == "gelu"]
     assert len(fused_gelu) > 10  # GELU runs as a oneDNN post-op, not a separate pass
     # Every MCi block's MLP adds its residual inside fc2; no grouped conv with a channel
     # multiplier is left for oneDNN's slow generic grouped kernel; images enter channels-last.
-    assert sum(isinstance(m, _ResidualConvMlpBlock) for m in optimized.modules()) >= 20, name
-    assert _ExpandedDepthwise in kinds
-    assert not any(_ExpandedDepthwise.applies_to(m) for m in optimized.modules())
-    assert isinstance(optimized.visual, _ImageInput) and optimized.visual.memory_format == torch.channels_last
+    assert sum(isinstance(m, ResidualConvMlpBlock) for m in optimized.modules()) >= 20, name
+    assert ExpandedDepthwise in kinds
+    assert not any(ExpandedDepthwise.applies_to(m) for m in optimized.modules())
+    assert isinstance(optimized.visual, ImageInput) and optimized.visual.memory_format == torch.channels_last
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -97,8 +96,8 @@ def test_expanded_depthwise_computes_the_grouped_conv(channels_last):
     """A 7x7 stride-2 conv with 2 outputs per input channel (FastViT's PatchEmbed) and its
     depthwise form agree to rounding, on either memory format and through oneDNN too."""
     grouped = nn.Conv2d(8, 16, 7, stride=2, padding=3, groups=8).eval()
-    expanded = _ExpandedDepthwise(grouped)
-    assert _ExpandedDepthwise.applies_to(grouped) and expanded.multiplier == 2
+    expanded = ExpandedDepthwise(grouped)
+    assert ExpandedDepthwise.applies_to(grouped) and expanded.multiplier == 2
     image = torch.randn(2, 8, 15, 15)
     if channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
@@ -106,25 +105,25 @@ def test_expanded_depthwise_computes_the_grouped_conv(channels_last):
         want = grouped(image)
         assert torch.allclose(expanded(image), want, atol=1e-6, rtol=0)
         if onednn_available():
-            expanded.conv = _OneDNNConv2d(expanded.conv, input_size=[1, 16, 15, 15])
+            expanded.conv = OneDNNConv2d(expanded.conv, input_size=[1, 16, 15, 15])
             assert torch.allclose(expanded(image), want, atol=1e-5, rtol=0)
     for plain in (nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 16, 1), nn.Conv2d(8, 16, 3, groups=4)):
-        assert not _ExpandedDepthwise.applies_to(plain)
+        assert not ExpandedDepthwise.applies_to(plain)
 
 
 def test_residual_fusion_only_takes_blocks_whose_forward_is_known():
     """A block whose layer scale was not folded (or with an unknown MLP) keeps its own forward."""
     optimized = optimize(reference_model("MobileCLIP2-S0"))
-    fused = next(m for m in optimized.modules() if isinstance(m, _ResidualConvMlpBlock))
+    fused = next(m for m in optimized.modules() if isinstance(m, ResidualConvMlpBlock))
     block = block_types().repmixer_block_2d[0].__new__(block_types().repmixer_block_2d[0])
     nn.Module.__init__(block)
     block.token_mixer, block.mlp = fused.token_mixer, fused.mlp
     block.layer_scale, block.drop_path = nn.Identity(), nn.Identity()
-    assert _ResidualConvMlpBlock.wrap(block) is not None
+    assert ResidualConvMlpBlock.wrap(block) is not None
     block.layer_scale = nn.Dropout(0.5)  # anything that is not the identity
-    assert _ResidualConvMlpBlock.wrap(block) is None
+    assert ResidualConvMlpBlock.wrap(block) is None
     block.layer_scale, block.mlp = nn.Identity(), nn.Sequential(nn.Conv2d(2, 2, 1))
-    assert _ResidualConvMlpBlock.wrap(block) is None
+    assert ResidualConvMlpBlock.wrap(block) is None
 
 
 def test_optimize_leaves_the_input_model_alone():
@@ -172,7 +171,7 @@ def test_without_onednn_the_result_is_a_plain_model():
     """onednn=False: reparameterize + fold only, still an ordinary module tree (any device, dtype)."""
     reference = reference_model("MobileCLIP2-S0")
     plain = optimize(reference, onednn=False)
-    assert not any(isinstance(m, (_OneDNNConv2d, _OneDNNLinear)) for m in plain.modules())
+    assert not any(isinstance(m, (OneDNNConv2d, OneDNNLinear)) for m in plain.modules())
     diffs = max_diffs(reference, plain)
     assert diffs["image"] < TOLERANCE and diffs["text"] < TOLERANCE, diffs
 
@@ -194,7 +193,7 @@ def test_causal_text_stops_at_the_end_of_text_token(onednn):
     MobileCLIP2-B's text tower is causal (MobileCLIP2-S0/S4/L-14's are not: ``no_causal_mask``)."""
     reference = reference_model("MobileCLIP2-B")
     optimized = optimize(reference, onednn=onednn)
-    assert isinstance(optimized.text, _CausalPrefixText)
+    assert isinstance(optimized.text, CausalPrefixText)
     text = captions([5, 40, 11])
     with torch.inference_mode():
         ours, theirs = optimized.encode_text(text), reference.encode_text(text)
@@ -211,7 +210,7 @@ def test_bidirectional_text_tower_is_not_truncated(name):
     """MCt (MobileCLIP-S0) and MobileCLIP2-S0's text transformer (no causal mask) attend both ways:
     every token counts, so the tower stays whole."""
     optimized = optimize(reference_model(name), onednn=False)
-    assert not isinstance(optimized.text, _CausalPrefixText)
+    assert not isinstance(optimized.text, CausalPrefixText)
 
 
 @pytest.mark.parametrize("name", ["MobileCLIP2-S0", "MobileCLIP-S0"])
@@ -253,7 +252,7 @@ def test_bad_compile_mode_is_a_clear_error():
 def test_paired_samples_alternate_the_order():
     calls = []
     timers = {
-        name: benchmarking.timed(lambda name=name: calls.append(name)) for name in ("upstream", "ours", "ort")
+        name: benchmarking.call_timer(lambda name=name: calls.append(name)) for name in ("upstream", "ours", "ort")
     }
     samples = benchmarking.paired_samples(timers, rounds=3, warmup=0)
     assert calls == ["upstream", "ours", "ort", "ours", "ort", "upstream", "ort", "upstream", "ours"]
@@ -283,7 +282,7 @@ def test_package_versions_do_not_import_torch():
     import sys
 
     code = (
-        "import sys; from mobileclip2.benchmarking import package_versions; v = package_versions('timm'); "
+        "import sys; from mobileclip2.system import package_versions; v = package_versions('timm'); "
         "assert 'torch' in v and 'timm' in v; print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -11,6 +11,9 @@ import timm
 from compat_env import REPO_ROOT
 
 from mobileclip2 import plugin
+from mobileclip2.compat import registry
+from mobileclip2.configs import config_files
+from mobileclip2.models import BACKBONE_MODULES
 from mobileclip2.pretrained import pretrained_table
 
 ISSUE3_MODELS = [
@@ -42,10 +45,8 @@ def test_every_name_is_registered_with_open_clip():
 
 @pytest.mark.parametrize("name", ISSUE3_MODELS)
 def test_configs_equal_upstream_where_upstream_ships_them(name):
-    from mobileclip2.compat import native_model_config_names
-
     ours = _our_config(name)
-    if name in native_model_config_names():
+    if name in registry.native_model_config_names():
         # open_clip 3.3.0 ships it: ours must be identical, and the registry must hold upstream's.
         assert ours == open_clip.get_model_config(name)
     else:
@@ -129,15 +130,13 @@ def test_registration_is_idempotent_and_defers_to_upstream():
         "coca_ViT-L-14-context256",
     ]
     assert plugin.registration_state()[0].timm_backfilled == []
-    for name in plugin.backbone_names():  # timm's own definitions stay in place
+    for name in BACKBONE_MODULES:  # timm's own definitions stay in place
         assert timm.models.model_entrypoint(name).__module__.startswith("timm.models.")
 
 
 def test_adding_again_changes_nothing():
-    from mobileclip2 import compat
-
-    assert compat.add_model_config_files(plugin.config_files()) == []
-    assert compat.add_pretrained_cfgs(pretrained_table()) == []
+    assert registry.add_model_config_files(config_files()) == []
+    assert registry.add_pretrained_cfgs(pretrained_table()) == []
 
 
 def test_config_files_survive_an_upstream_rescan():

@@ -31,10 +31,10 @@ from train_support import (
 
 from mobileclip2.cli import main as cli
 from mobileclip2.errors import ReinforceOutputError
-from mobileclip2.reinforce.storage import shard_name
-from mobileclip2.train.data import decode_embeddings
-from mobileclip2.train.reinforce import ReinforceOptions, read_shard, reinforce
-from mobileclip2.train.teachers import TeacherEnsemble
+from mobileclip2.reinforce.generate import ReinforceOptions, reinforce
+from mobileclip2.reinforce.shards import decode_embeddings
+from mobileclip2.reinforce.storage import read_shard, shard_name
+from mobileclip2.teachers import TeacherEnsemble
 
 NAMES = [f"{index:05d}.tar" for index in range(4)]
 
@@ -142,7 +142,7 @@ def dying(stream, samples):
         os.kill(os.getpid(), signal.SIGKILL)
     return original(stream, samples)
 storage.write_samples = dying
-from mobileclip2.commands.reinforce import main
+from mobileclip2.reinforce.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -159,7 +159,8 @@ def test_killed_run_resumes_to_the_same_output_without_redoing_finished_shards(w
     )
     assert proc.returncode == -signal.SIGKILL, (proc.stdout[-2000:], proc.stderr[-4000:])
     assert (output / "00000.tar").is_file() and (output / "manifest" / "00000.tar.json").is_file()
-    assert not (output / "00001.tar").exists() and (output / "00001.tar.partial").is_file()
+    temporaries = list(output.glob(".00001.tar.tmp-*"))  # the killed writer's, named after it
+    assert not (output / "00001.tar").exists() and len(temporaries) == 1
     finished = (output / "manifest" / "00000.tar.json").read_text()
 
     assert cli(["reinforce", *args]) == 0
@@ -167,7 +168,7 @@ def test_killed_run_resumes_to_the_same_output_without_redoing_finished_shards(w
     assert (output / "manifest" / "00000.tar.json").read_text() == finished  # not redone
     last_run = json.loads((output / "manifest.json").read_text())["last_run"]
     assert last_run["resumed"] == ["00000.tar"] and sorted(last_run["written"]) == NAMES[1:]
-    assert not list(output.glob("*.partial"))
+    assert not list(output.glob(".*.tmp-*"))  # the rerun removed the dead writer's temporary
 
     # --overwrite redoes everything, to the same bytes.
     assert cli(["reinforce", *args, "--overwrite"]) == 0
@@ -264,7 +265,7 @@ def test_foreign_outputs_and_changed_arguments_are_refused(ws, tmp_path):
 
 
 def test_undecodable_samples_are_skipped_with_their_keys(ws, tmp_path):
-    from mobileclip2.train.reinforce import write_shard
+    from train_support import write_shard
 
     good = read_shard(ws["plain"][0])
     samples = [good[0], {"__key__": "broken", "jpg": b"\xff\xd8 not a jpeg", "txt": b"a cat"}]

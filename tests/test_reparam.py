@@ -12,7 +12,7 @@ from model_support import randomize_inference_statistics
 from torch import nn
 
 from mobileclip2 import reparameterize
-from mobileclip2.reparam import is_fused
+from mobileclip2.compat.timm_layers import is_fused
 
 ATOL = 1e-5
 CAPTIONS = ["a photo of a cat", "a diagram of a mobile network", "", "x"]

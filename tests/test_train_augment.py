@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mobileclip2.train.augment import (
+from mobileclip2.augment import (
     RAND_AUGMENT_OPS,
     Augmentation,
     apply_rand_augment_op,

@@ -233,7 +233,7 @@ def test_hooks_delegate_when_no_dr_flags_and_are_restored():
     import torch
     from open_clip_train import main as train_main
 
-    from mobileclip2 import compat
+    from mobileclip2.compat import open_clip_train as compat
     from mobileclip2.train.main import Session
 
     session = Session()
@@ -257,7 +257,7 @@ def test_hooks_delegate_when_no_dr_flags_and_are_restored():
 def test_cpu_safe_ddp_only_drops_cpu_device_ids():
     import torch
 
-    from mobileclip2.compat import _cpu_safe_ddp_class
+    from mobileclip2.compat.ddp import cpu_safe_ddp_class
 
     seen = []
 
@@ -265,7 +265,7 @@ def test_cpu_safe_ddp_only_drops_cpu_device_ids():
         def __init__(self, module, device_ids=None, *args, **kwargs):
             seen.append(device_ids)
 
-    safe = _cpu_safe_ddp_class(FakeDDP)
+    safe = cpu_safe_ddp_class(FakeDDP)
     safe(None, device_ids=[torch.device("cpu")])
     safe(None, device_ids=["cpu"])
     safe(None, device_ids=[torch.device("cuda:1")])

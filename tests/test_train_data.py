@@ -17,18 +17,18 @@ import pytest
 import torch
 from train_support import brace
 
-from mobileclip2.train.augment import Augmentation, student_augmentation_config
+from mobileclip2.augment import Augmentation, student_augmentation_config
+from mobileclip2.reinforce.shards import decode_embeddings
+from mobileclip2.reinforce.storage import read_shard
+from mobileclip2.teachers import TeacherEnsemble, member_input, parse_teacher_specs
 from mobileclip2.train.data import (
     DRDataError,
     DRSampling,
     build_dr_dataloader,
-    decode_embeddings,
     decode_sample,
     inspect_shards,
     prepare_sample,
 )
-from mobileclip2.train.reinforce import read_shard
-from mobileclip2.train.teachers import TeacherEnsemble, member_input, parse_teacher_specs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -252,7 +252,7 @@ def test_wrong_config_and_widths_are_refused(ws):
 def test_captioner_adds_synthetic_captions(ws, teachers, tmp_path):
     from train_support import COCA_CONFIG, make_plain_shards, write_model_dir
 
-    from mobileclip2.train.reinforce import ReinforceOptions, reinforce
+    from mobileclip2.reinforce.generate import ReinforceOptions, reinforce
 
     coca = write_model_dir(tmp_path / "coca", COCA_CONFIG, seed=3)
     plain = make_plain_shards(tmp_path / "plain", num_shards=1, per_shard=3, syn=False)
@@ -287,7 +287,7 @@ def _resized_jpg(data: bytes, factor: float) -> bytes:
 def damaged_shard(ws, tmp_path_factory):
     """One DR shard of 12 samples: 6 good, 1 shrunk and 1 enlarged after reinforcement, 1 without
     caption, 1 with a truncated npz, 1 with a 64-wide image_emb, 1 without its syn.json."""
-    from mobileclip2.train.reinforce import write_shard
+    from train_support import write_shard
 
     samples = read_shard(ws["dr"][0]) + read_shard(ws["dr"][1])
     samples = [dict(s) for s in samples[:12]]

@@ -32,7 +32,8 @@ import torch
 from compat_env import NEWEST_PAIR, REPO_ROOT, ensure_pair, env_for
 from hub_cache import offline_env, place_file, remove_file
 
-from mobileclip2.pretrained import hub_location, pretrained_table
+from mobileclip2.compat.registry import hub_location
+from mobileclip2.pretrained import pretrained_table
 
 ATOL = 1e-5
 CAPTIONS = ["a photo of a cat", "a diagram of a mobile network", "", "x"]

@@ -23,8 +23,8 @@ def check_one(name: str) -> dict:
     import open_clip
     import torch
 
-    from mobileclip2.catalog import image_height_width
     from mobileclip2.commands.info import tower_parameter_counts
+    from mobileclip2.shapes import image_height_width
 
     started = time.perf_counter()
     logging.disable(logging.WARNING)  # open_clip warns "initialized randomly" for every model: intended here

@@ -19,8 +19,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import EXAMPLE_IMAGE  # noqa: F401 - the package's constant, re-exported for the CLI
-
 HELP = "Zero-shot classify images against text labels and print the labels ranked per image."
 DEFAULT_TEMPLATE = "a photo of {}."
 

@@ -4,7 +4,7 @@ The format is detected from the keys; Apple V1 files reveal their architecture, 
 only needed for OpenCLIP-format files (or to insist on a name). The result is verified with a
 strict load into ``open_clip.create_model(NAME)`` before anything is written. Nothing is lost:
 an existing output needs ``--overwrite``, the input is never the output, and the file appears
-under its name only when complete (mobileclip2.checkpoints.atomic_output).
+under its name only when complete (mobileclip2.files.atomic_output).
 """
 
 from __future__ import annotations

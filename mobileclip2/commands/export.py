@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mobileclip2.export.constants import (
+from mobileclip2.export.formats import (
+    DEFAULT_MIN_AGREEMENT,
     DEFAULT_MIN_COSINE,
     DEFAULT_OPSET,
     DEFAULT_TOLERANCE,
-    EXTRA,
     FORMATS,
-    INT8_FORMATS,
 )
 
 HELP = (
@@ -31,14 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="pretrained tag or local checkpoint file (default: none -- random weights, for testing)",
     )
-    extras = ", ".join(f"{f}: mobileclip2[{EXTRA[f]}]" for f in FORMATS)
+    extras = ", ".join(f"{spec.name}: pip install 'mobileclip2[{spec.extra}]'" for spec in FORMATS.values())
     parser.add_argument(
-        "--format", default="onnx", choices=FORMATS, help=f"output format (default onnx; installs: {extras})"
+        "--format", default="onnx", choices=list(FORMATS), help=f"output format (default onnx; installs: {extras})"
     )
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
-    parser.add_argument(
-        "--int8", action="store_true", help=f"int8 weights and activations ({', '.join(INT8_FORMATS)})"
-    )
+    int8_formats = ", ".join(spec.name for spec in FORMATS.values() if spec.int8)
+    parser.add_argument("--int8", action="store_true", help=f"int8 weights and activations ({int8_formats})")
     parser.add_argument(
         "--calibration-images",
         metavar="DIR",
@@ -54,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_MIN_COSINE,
         help=f"fail an int8 export whose mean cosine to fp32 is below this (default {DEFAULT_MIN_COSINE})",
+    )
+    parser.add_argument(
+        "--min-agreement",
+        type=float,
+        default=DEFAULT_MIN_AGREEMENT,
+        help="fail an int8 export whose zero-shot top-1 agreement with fp32 (when labels exist: image "
+        f"sub-folders or captions) is below this (default {DEFAULT_MIN_AGREEMENT})",
     )
     parser.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
@@ -77,9 +82,10 @@ def run(args: argparse.Namespace) -> int:
     import warnings
 
     from mobileclip2.errors import MobileCLIP2Error
-    from mobileclip2.export import export_model
+    from mobileclip2.export.pipeline import export_model
 
-    options = {"opset": args.opset, "dynamo": args.dynamo} if args.format == "onnx" else {}
+    given = {"opset": args.opset, "dynamo": args.dynamo}
+    options = {key: value for key, value in given.items() if key in FORMATS[args.format].options}
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
@@ -95,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
                 check=not args.no_check,
                 tolerance=args.tolerance,
                 min_cosine=args.min_cosine,
+                min_agreement=args.min_agreement,
                 **options,
             )
     except (MobileCLIP2Error, FileNotFoundError, ValueError, ImportError) as error:

@@ -6,8 +6,8 @@ ConvNormAct) and open_clip_torch 2.24 - 3.3 (``open_clip.transformer.LayerScale`
 ``LayerNormFp32``). A class a given release lacks is simply left out of its tuple, so
 ``isinstance(module, BLOCKS.x)`` stays correct: an absent class cannot be instantiated.
 
-Each tuple pairs upstream's class with ours (mobileclip2.models), which share the forward of
-the structure the optimizer rewrites: dispatch is by type, never by class name.
+The inference package adds our own classes (mobileclip2.models) to these tuples: they share the
+forward of the structure the optimizer rewrites, and dispatch is by type, never by class name.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["BlockTypes", "block_types"]
+__all__ = ["BlockTypes", "upstream_block_types"]
 
 
 @dataclass(frozen=True)
@@ -48,22 +48,17 @@ def _classes(*paths: str) -> tuple[type[nn.Module], ...]:
 
 
 @functools.lru_cache(maxsize=1)
-def block_types() -> BlockTypes:
-    """The classes, imported once (timm, open_clip and mobileclip2.models are already loaded by then)."""
-    fv, ours, mct = "timm.models.fastvit", "mobileclip2.models.mci", "mobileclip2.models.text_mct"
+def upstream_block_types() -> BlockTypes:
+    """timm's and open_clip's classes, imported once."""
+    fv = "timm.models.fastvit"
     return BlockTypes(
         conv_norm_act=_classes("timm.layers.ConvNormAct"),
-        mobileone=_classes(f"{fv}.MobileOneBlock", f"{ours}.MobileOneBlock"),
-        large_kernel=_classes(f"{fv}.ReparamLargeKernelConv", f"{ours}.ReparamLargeKernelConv"),
-        repmixer_block=_classes(f"{fv}.RepMixerBlock", f"{ours}.RepMixerBlock", f"{mct}.RepMixerBlock1d"),
-        repmixer_block_2d=_classes(f"{fv}.RepMixerBlock", f"{ours}.RepMixerBlock"),
-        attention_block=_classes(f"{fv}.AttentionBlock", f"{ours}.AttentionBlock"),
-        conv_mlp=_classes(f"{fv}.ConvMlp", f"{ours}.ConvMlp", f"{mct}.ConvMlp1d", "timm.layers.Mlp"),
-        layer_scale=_classes(
-            f"{fv}.LayerScale2d",
-            f"{ours}.LayerScale2d",
-            "open_clip.transformer.LayerScale",
-            "timm.layers.LayerScale",
-        ),
+        mobileone=_classes(f"{fv}.MobileOneBlock"),
+        large_kernel=_classes(f"{fv}.ReparamLargeKernelConv"),
+        repmixer_block=_classes(f"{fv}.RepMixerBlock"),
+        repmixer_block_2d=_classes(f"{fv}.RepMixerBlock"),
+        attention_block=_classes(f"{fv}.AttentionBlock"),
+        conv_mlp=_classes(f"{fv}.ConvMlp", "timm.layers.Mlp"),
+        layer_scale=_classes(f"{fv}.LayerScale2d", "open_clip.transformer.LayerScale", "timm.layers.LayerScale"),
         fp32_norm=_classes("open_clip.transformer.LayerNormFp32"),
     )

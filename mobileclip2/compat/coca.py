@@ -6,7 +6,7 @@ TopPLogitsWarper, TopKLogitsWarper, RepetitionPenaltyLogitsProcessor, MinLengthL
 MaxLengthCriteria, StoppingCriteriaList, GENERATION_TYPES, _has_transformers). Without transformers,
 or with transformers >= 5 (no BeamSearchScorer), that import fails and every kind of generation is off,
 although top_p / top_k sampling needs none of it. When (and only when) open_clip's own import failed, we
-hand it the small equivalents in ``mobileclip2.generation``; beam search then fails with an error that
+hand it the small equivalents in :mod:`.sampling`; beam search then fails with an error that
 says what to do.
 
 Stopping criteria: open_clip >= 2.29 reads the criteria's result per row (``all(verdicts)``), older
@@ -18,24 +18,17 @@ from __future__ import annotations
 from ._common import already_wrapped, mark_wrapper
 
 
-class Verdicts(tuple):
-    """Per-row verdicts usable both as ``all(v)`` (open_clip >= 2.29) and ``if v:`` (older)."""
-
-    def __bool__(self) -> bool:
-        return all(self)
-
-
 def enable_coca_sampling() -> bool:
     """Make CoCa.generate's top_p/top_k sampling work without transformers; True if it now works."""
     from open_clip import coca_model
 
     if coca_model._has_transformers:
         return True
-    from .. import generation
+    from . import sampling
 
-    for name in generation.__all__:
-        setattr(coca_model, name, getattr(generation, name))
-    coca_model.GENERATION_TYPES.update(top_k=generation.TopKLogitsWarper, top_p=generation.TopPLogitsWarper)
+    for name in sampling.__all__:
+        setattr(coca_model, name, getattr(sampling, name))
+    coca_model.GENERATION_TYPES.update(top_k=sampling.TopKLogitsWarper, top_p=sampling.TopPLogitsWarper)
     coca_model._has_transformers = True  # the flag guards sampling; beam search is guarded below
     original = coca_model.CoCa.generate
     if already_wrapped(original):

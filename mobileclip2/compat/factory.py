@@ -150,7 +150,7 @@ def _wrap_create_model(original: Callable) -> Callable:
 
 def _describe_source(cfg: Mapping[str, Any]) -> str:
     if cfg.get("hf_hub"):
-        from ..pretrained import hub_location
+        from .registry import hub_location
 
         return "hf://" + "/".join(hub_location(cfg))
     return cfg.get("url") or cfg.get("file") or str(dict(cfg))
@@ -200,28 +200,34 @@ def _wrap_load_checkpoint(original: Callable) -> Callable:
                 raise
             from open_clip import factory
 
-            from ..checkpoints import summarize_mismatch
-
             state_dict = factory.load_state_dict(checkpoint_path)
             convert = getattr(factory, "convert_state_dict", None)  # open_clip >= 2.26.1
             if convert is not None:
                 state_dict = convert(model, state_dict)
-            summary = summarize_mismatch(
-                model.state_dict(), state_dict, source=f"checkpoint {str(checkpoint_path)!r}"
-            )
+            source = f"checkpoint {str(checkpoint_path)!r}"
+            summary = _EXPLAIN_MISMATCH[0](model.state_dict(), state_dict, source)
             summary += _describe_as_read(factory.load_state_dict, checkpoint_path)
             raise CheckpointMismatchError(summary) from error
 
     return mark_wrapper(load_checkpoint, original)
 
 
-def install_factory_hooks(local_file_preprocess: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-    """Clear errors for bad names/tags/files/downloads, state_dict conversion on load, and
-    ``local_file_preprocess`` (model name -> preprocess keys) for checkpoints given as file paths."""
+MismatchExplainer = Callable[[Mapping[str, Any], Mapping[str, Any], str], str]
+# explain(model state, checkpoint state, source) -> the message of a CheckpointMismatchError.
+_EXPLAIN_MISMATCH: list[MismatchExplainer] = []
+
+
+def install_factory_hooks(
+    local_file_preprocess: Mapping[str, Mapping[str, Any]], explain_mismatch: MismatchExplainer
+) -> None:
+    """Clear errors for bad names/tags/files/downloads, state_dict conversion on load,
+    ``local_file_preprocess`` (model name -> preprocess keys) for checkpoints given as file paths,
+    and ``explain_mismatch`` for a checkpoint that does not fit its model."""
     import open_clip
     from open_clip import factory
 
-    _LOCAL_FILE_PREPROCESS.update({name: dict(cfg) for name, cfg in (local_file_preprocess or {}).items()})
+    _LOCAL_FILE_PREPROCESS.update({name: dict(cfg) for name, cfg in local_file_preprocess.items()})
+    _EXPLAIN_MISMATCH[:] = [explain_mismatch]
     wrappers = {
         "create_model": _wrap_create_model,
         "download_pretrained": _wrap_download_pretrained,
@@ -235,7 +241,3 @@ def install_factory_hooks(local_file_preprocess: Mapping[str, Mapping[str, Any]]
     for attr in ("create_model", "load_checkpoint"):
         if hasattr(open_clip, attr):
             setattr(open_clip, attr, getattr(factory, attr))
-
-
-# Kept for callers of the old private name (mobileclip2.loading).
-_check_model_and_tag = check_model_and_tag

@@ -8,7 +8,9 @@ so we add single files for missing names only and insert them directly. Pretrain
 (patches/0001) has public ``register_model_config`` / ``register_pretrained_cfg``; they are used when
 present. The weight file names open_clip looks for inside an ``org/repo/`` Hub entry are
 ``HF_WEIGHTS_NAME`` / ``HF_SAFE_WEIGHTS_NAME``: in ``open_clip.constants`` on 3.3.0, in
-``open_clip.push_to_hf_hub`` on 2.24.0 (found by feature detection).
+``open_clip.push_to_hf_hub`` on 2.24.0 (found by feature detection). Config defaults (the width,
+vocabulary, context length or image size a config leaves out) are the fields of open_clip's
+``model.CLIPTextCfg`` / ``CLIPVisionCfg`` dataclasses, read from them rather than restated.
 """
 
 from __future__ import annotations
@@ -21,13 +23,39 @@ from typing import Any
 
 def hub_weight_file_names() -> tuple[str, str]:
     """(pickle name, safetensors name) open_clip reads from an ``org/repo/`` Hub entry."""
+    import importlib
+
     from open_clip import constants
 
     if hasattr(constants, "HF_WEIGHTS_NAME"):
         return constants.HF_WEIGHTS_NAME, constants.HF_SAFE_WEIGHTS_NAME
-    from open_clip import push_to_hf_hub  # open_clip < 2.26 keeps them here
+    # open_clip < 2.26 keeps them in the module push_to_hf_hub, which ``from open_clip import
+    # push_to_hf_hub`` would not give: open_clip/__init__ binds that name to the function.
+    module = importlib.import_module("open_clip.push_to_hf_hub")
+    return module.HF_WEIGHTS_NAME, module.HF_SAFE_WEIGHTS_NAME
 
-    return push_to_hf_hub.HF_WEIGHTS_NAME, push_to_hf_hub.HF_SAFE_WEIGHTS_NAME
+
+def hub_location(cfg: Mapping[str, Any]) -> tuple[str, str]:
+    """(repo_id, filename) a pretrained cfg downloads: 'org/repo/file', or open_clip's default weight
+    file name for the 'org/repo/' form."""
+    repo_id, _, filename = cfg["hf_hub"].rstrip().rpartition("/")
+    if not filename:
+        repo_id, filename = cfg["hf_hub"].rstrip("/"), hub_weight_file_names()[0]
+    return repo_id, filename
+
+
+def text_cfg_default(key: str) -> Any:
+    """open_clip's default for a ``text_cfg`` key its config leaves out (``CLIPTextCfg``'s field)."""
+    from open_clip.model import CLIPTextCfg
+
+    return getattr(CLIPTextCfg(), key)
+
+
+def vision_cfg_default(key: str) -> Any:
+    """open_clip's default for a ``vision_cfg`` key its config leaves out (``CLIPVisionCfg``'s field)."""
+    from open_clip.model import CLIPVisionCfg
+
+    return getattr(CLIPVisionCfg(), key)
 
 
 def native_model_config_names() -> set[str]:

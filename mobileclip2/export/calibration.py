@@ -3,7 +3,7 @@
 int8 without representative inputs is a guess. ``--calibration-images DIR`` (any image files,
 found recursively, sorted by path, preprocessed with the model's own transform) and
 ``--calibration-captions FILE`` (one caption per line, tokenized with the model's tokenizer) feed the
-quantizer's observers. Every :data:`~mobileclip2.export.constants.HELD_OUT_EVERY`-th item is held
+quantizer's observers. Every :data:`~mobileclip2.export.formats.HELD_OUT_EVERY`-th item is held
 out: never shown to the observers, used only to report fidelity on data the calibration did not see.
 
 Fidelity, per tower: the cosine of the int8 embeddings to the fp32 (PyTorch) ones on the calibration
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import ExportParityError
-from .constants import HELD_OUT_EVERY, IMAGE_SUFFIXES
+from .formats import HELD_OUT_EVERY, IMAGE_SUFFIXES
 from .parity import cosines
 from .towers import Geometry
 
@@ -167,6 +167,23 @@ def check_fidelity(label: str, report: dict[str, Any], min_cosine: float | None)
             raise ExportParityError(
                 f"{label}: int8 embeddings reach a mean cosine of {summary['mean']:.4f} to fp32 on the "
                 f"{split.replace('_', '-')} set ({summary['count']} inputs), below the threshold {min_cosine}. "
+                "Calibrate on more representative images/captions, or export fp32 (drop --int8). Nothing "
+                "was written under the final names."
+            )
+
+
+def check_agreement(names: dict[str, str], agreement: dict[str, Any], min_agreement: float | None) -> None:
+    """Raise ExportParityError when a zero-shot top-1 agreement of ``agreement`` (int8 image tower,
+    int8 text tower, both) is below ``min_agreement``, naming the tower and the number."""
+    if min_agreement is None:
+        return
+    for key, label in (("int8_image_tower", "image"), ("int8_text_tower", "text"), ("int8_both", "both")):
+        value = agreement[key]
+        if not value >= min_agreement:
+            what = names[label] if label in names else f"{names['image']} with {names['text']}"
+            raise ExportParityError(
+                f"{what}: zero-shot top-1 agreement with fp32 is {value:.1%} over {agreement['images']} images and "
+                f"{agreement['labels']} labels, below the threshold {min_agreement:.0%} (--min-agreement). "
                 "Calibrate on more representative images/captions, or export fp32 (drop --int8). Nothing "
                 "was written under the final names."
             )

@@ -23,8 +23,6 @@ from torch import nn
 from ..compat.export import mha_fastpath_disabled
 from ..errors import ExporterUnavailableError, ExportParityError
 
-PARITY_BATCH = 1
-
 
 def _coremltools():
     try:

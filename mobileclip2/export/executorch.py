@@ -24,8 +24,6 @@ from ..compat.export import mha_fastpath_disabled, set_executorch_threads
 from ..errors import ExporterUnavailableError
 from .parity import Runner
 
-PARITY_BATCH = 1
-
 
 def _lower(exported: torch.export.ExportedProgram, path: Path) -> None:
     try:

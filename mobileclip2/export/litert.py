@@ -6,9 +6,9 @@ end to end (an int64 ``argmax``, the EOT pooling, does not legalize; torch's emb
 accept int32, so the traced graph has no int64 at all). Checked with litert-torch 0.10.0,
 ai-edge-litert 2.3.0 and torch 2.14.1: a tiny CLIP exports with max abs diff < 1e-6.
 
-Not part of the ``mobile`` extra: litert-torch 0.10.0 pulls jax, transformers and pins older
-typing_extensions/anyio than this environment's, so it is installed on its own
-(``pip install litert-torch ai-edge-litert``) in an environment where that is acceptable.
+Its own extra, ``pip install 'mobileclip2[litert]'``, not part of ``mobile``: litert-torch 0.10.0
+pulls jax and transformers and pins older typing_extensions/anyio than the other exporters'
+environment, so install it where that is acceptable.
 """
 
 from __future__ import annotations
@@ -23,16 +23,13 @@ from ..compat.export import mha_fastpath_disabled
 from ..errors import ExporterUnavailableError
 from .parity import Runner
 
-PARITY_BATCH = 1
-_INSTALL_NOTE = "litert-torch ai-edge-litert (see mobileclip2/export/litert.py)"
-
 
 def write(module: nn.Module, example: torch.Tensor, path: str | os.PathLike, tower: str) -> None:
     """Convert ``module`` (batch 1; text tokens int32) to a ``.tflite`` flatbuffer at ``path``."""
     try:
         import litert_torch
     except ImportError as error:
-        raise ExporterUnavailableError("litert", _INSTALL_NOTE, "mobile", error) from error
+        raise ExporterUnavailableError("litert", "litert-torch", "litert", error) from error
     with torch.no_grad(), mha_fastpath_disabled():
         litert_torch.convert(module.eval(), (example,)).export(str(path))
 
@@ -41,7 +38,7 @@ def load(path: str | os.PathLike, threads: int | None = None) -> Runner:
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as error:
-        raise ExporterUnavailableError("litert", _INSTALL_NOTE, "mobile", error) from error
+        raise ExporterUnavailableError("litert", "ai-edge-litert", "litert", error) from error
     interpreter = Interpreter(model_path=str(path), num_threads=threads or 1)
     interpreter.allocate_tensors()
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()

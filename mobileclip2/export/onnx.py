@@ -25,11 +25,8 @@ from torch import nn
 
 from ..compat.export import mha_fastpath_disabled
 from ..errors import ExporterUnavailableError
-from .constants import DEFAULT_OPSET
+from .formats import DEFAULT_OPSET
 from .parity import Runner
-
-PARITY_BATCH = None
-"""Graphs take any batch size; parity runs the whole batch at once (a size other than the traced 2)."""
 
 
 def _onnxruntime():

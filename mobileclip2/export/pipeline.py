@@ -1,22 +1,20 @@
 """Export both towers of a model to one format, check them, and only then move them into place.
 
-Everything is written into a staging folder inside ``out_dir`` (``.mobileclip2-export-<pid>-*``).
-Only after every check passed are the artifacts moved to their final names with ``os.replace``,
-the sidecar last; the previous export's sidecar is removed first, so at any moment a sidecar under
-its final name describes complete, checked artifacts. A failed check leaves the previous export
-intact; a killed process leaves only its staging folder, which the next export removes.
+Everything is written into a staging folder beside the outputs (:func:`mobileclip2.files.staging_dir`).
+Only after every check passed are the artifacts moved to their final names with ``os.replace``, the
+sidecar last; the previous export's sidecar is removed first, so at any moment a sidecar under its
+final name describes complete, checked artifacts. A failed check leaves the previous export intact;
+a killed process leaves only its staging folder, which the next export of the same name removes.
 
+What differs between formats is data (:mod:`.formats`); this module has no per-format branches.
 File names: ``<name>[.int8].<tower><suffix>`` and ``<name>[.int8].<format>.json``.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import shutil
-import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,21 +25,21 @@ import torch
 from torch import nn
 
 from ..errors import ExporterUnavailableError
+from ..files import fsync_dir, staging_dir
 from . import calibration as calib
-from .constants import (
+from .formats import (
+    DEFAULT_MIN_AGREEMENT,
     DEFAULT_MIN_COSINE,
-    DEFAULT_OPSET,
     DEFAULT_TOLERANCE,
-    EXTRA,
     FORMATS,
-    INT8_FORMATS,
-    SUFFIX,
+    FormatSpec,
+    format_spec,
 )
 from .parity import check_max_abs_diff, run_batched
 from .sidecar import artifact_size, preprocess_info, tokenizer_info, versions, write_json
 from .towers import TOWERS, embed, geometry, prepared, tower_module
 
-STAGING_PREFIX = ".mobileclip2-export-"
+__all__ = ["ExportResult", "TowerExport", "export_loaded", "export_model", "file_names", "format_module"]
 
 
 @dataclass
@@ -68,51 +66,34 @@ class ExportResult:
 
 
 def file_names(name: str, format: str, int8: bool = False) -> dict[str, str]:
-    """Final file names of an export: one per tower and the sidecar."""
+    """Final file names of an export: one per tower (its artifact) and the sidecar."""
+    spec = format_spec(format)
     stem = f"{name}.int8" if int8 else name
-    return {**{t: f"{stem}.{t}{SUFFIX[format]}" for t in TOWERS}, "sidecar": f"{stem}.{format}.json"}
+    return {**{t: f"{stem}.{t}{spec.suffix}" for t in TOWERS}, "sidecar": f"{stem}.{format}.json"}
 
 
 def format_module(format: str):
-    """The module that writes and runs ``format``."""
-    if format not in FORMATS:
-        raise ValueError(f"unsupported export format {format!r}; supported: {', '.join(FORMATS)}")
-    return importlib.import_module(f"{__package__}.{format}")
+    """The module that writes, runs and checks ``format``."""
+    return importlib.import_module(f"{__package__}.{format_spec(format).module}")
 
 
-def _int32_tokens(format: str) -> bool:
-    # Core ML has no int64 inputs; LiteRT cannot legalize an int64 argmax (EOT pooling).
-    return format in ("coreml", "litert")
+def _artifact_files(spec: FormatSpec, artifact: str) -> list[str]:
+    """The artifact and the files that belong to it (same stem, the format's companion suffixes)."""
+    stem = artifact[: -len(spec.suffix)]
+    return [artifact, *(stem + suffix for suffix in spec.companions)]
 
 
-def _can_run(format: str) -> bool:
-    return format != "coreml" or sys.platform == "darwin"
-
-
-def remove_stale_staging(out_dir: Path) -> None:
-    """Remove staging folders of exports whose process is gone (killed mid-export)."""
-    for folder in out_dir.glob(f"{STAGING_PREFIX}*"):
-        try:
-            pid = int(folder.name[len(STAGING_PREFIX) :].split("-", 1)[0])
-            os.kill(pid, 0)
-            if pid != os.getpid():
-                continue  # another export is running into the same folder
-        except ProcessLookupError:
-            pass
-        except (ValueError, PermissionError):
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _move_into_place(staging: Path, out_dir: Path, names: dict[str, str]) -> None:
+def _move_into_place(staging: Path, out_dir: Path, names: dict[str, str], spec: FormatSpec) -> None:
     sidecar = out_dir / names["sidecar"]
     sidecar.unlink(missing_ok=True)  # never a sidecar next to a mix of old and new artifacts
     for tower in TOWERS:
-        final = out_dir / names[tower]
-        if final.is_dir():  # a Core ML package: os.replace cannot replace a non-empty folder
-            shutil.rmtree(final)
-        os.replace(staging / names[tower], final)
+        for file_name in _artifact_files(spec, names[tower]):
+            final = out_dir / file_name
+            if final.is_dir():  # a Core ML package: os.replace cannot replace a non-empty folder
+                shutil.rmtree(final)
+            os.replace(staging / file_name, final)
     os.replace(staging / names["sidecar"], sidecar)
+    fsync_dir(out_dir)
 
 
 def _transform(preprocess_cfg: dict[str, Any], geo) -> Callable[[Any], torch.Tensor]:
@@ -129,8 +110,11 @@ def _transform(preprocess_cfg: dict[str, Any], geo) -> Callable[[Any], torch.Ten
     )
 
 
-def _calibration_batches(rows: torch.Tensor, batch: int = 8) -> list[torch.Tensor]:
-    return list(rows.split(batch))
+def _check_options(spec: FormatSpec, options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        takes = ", ".join(spec.options) or "none"
+        raise ValueError(f"export options {unknown} do not apply to {spec.name} (it takes: {takes})")
 
 
 def export_loaded(
@@ -146,28 +130,31 @@ def export_loaded(
     calibration_images: str | os.PathLike | None = None,
     calibration_captions: str | os.PathLike | None = None,
     extra: dict[str, Any] | None = None,
-    opset: int = DEFAULT_OPSET,
     normalize: bool = False,
     check: bool = True,
     tolerance: float | None = DEFAULT_TOLERANCE,
     min_cosine: float | None = DEFAULT_MIN_COSINE,
+    min_agreement: float | None = DEFAULT_MIN_AGREEMENT,
     check_count: int = 3,
-    dynamo: bool = False,
     threads: int | None = None,
+    **options: Any,
 ) -> ExportResult:
-    """Export both towers of an already built open_clip model; see :func:`export_model`."""
-    fmt = format_module(format)
-    if int8 and format not in INT8_FORMATS:
-        raise ValueError(f"--int8 is supported for {', '.join(INT8_FORMATS)}, not {format!r}")
+    """Export both towers of an already built open_clip model; see :func:`export_model`.
+
+    ``options`` are the format's own (:attr:`FormatSpec.options`, e.g. ``opset`` for ONNX).
+    """
+    spec = format_spec(format)
+    _check_options(spec, options)
+    if int8 and not spec.int8:
+        int8_formats = ", ".join(f.name for f in FORMATS.values() if f.int8)
+        raise ValueError(f"--int8 is supported for {int8_formats}, not {format!r}")
     if not int8 and (calibration_images or calibration_captions):
         raise ValueError("calibration images/captions are only used with --int8")
+    fmt = format_module(format)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(out_dir)
     model = prepared(model)
     geo = geometry(model, preprocess_cfg)
     names = file_names(name, format, int8)
-    options = {"opset": opset, "dynamo": dynamo} if format == "onnx" else {}
     data = None
     if int8:
         data = calib.load_calibration(
@@ -178,26 +165,24 @@ def export_loaded(
             tokenizer=tokenizer,
         )
     generator = torch.Generator().manual_seed(0)
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
-    try:
+    checked = check and spec.runs_here()
+    with staging_dir(out_dir / names["sidecar"]) as staging:
         towers: dict[str, TowerExport] = {}
         runners: dict[str, Any] = {}
         modules: dict[str, nn.Module] = {}
         for tower in TOWERS:
-            int32 = tower == "text" and _int32_tokens(format)
-            module = modules[tower] = tower_module(
-                model, tower, normalize, widen_tokens=int32 and format == "coreml"
-            )
+            int32 = tower == "text" and spec.int32_tokens
+            module = modules[tower] = tower_module(model, tower, normalize, widen_tokens=int32 and spec.widen_tokens)
             example = geo.example(tower, batch=1)
             example = example.int() if int32 else example
             path = staging / names[tower]
             if int8:
                 rows, _ = data.split(tower)
                 rows = rows.int() if int32 else rows
-                fmt.write_int8(module, example, path, tower, _calibration_batches(rows), **options)
+                fmt.write_int8(module, example, path, tower, list(rows.split(8)), **options)
             else:
                 fmt.write(module, example, path, tower, **options)
-            batch = "batch" if fmt.PARITY_BATCH is None else 1
+            batch = 1 if spec.fixed_batch else "batch"
             shape = [batch, 3, geo.height, geo.width] if tower == "image" else [batch, geo.context]
             record = TowerExport(
                 str(out_dir / names[tower]),
@@ -205,9 +190,10 @@ def export_loaded(
                 shape,
                 "float32" if tower == "image" else ("int32" if int32 else "int64"),
                 f"{tower}_embedding",
-                size_bytes=artifact_size(path),
+                size_bytes=sum(artifact_size(staging / f) for f in _artifact_files(spec, names[tower])),
             )
-            if check and not _can_run(format):
+            parity_batch = 1 if spec.fixed_batch else None
+            if check and not spec.runs_here():
                 embed_dim = int(embed(module, example).shape[-1])
                 record.structure = fmt.check_structure(path, tower, [1, *shape[1:]], embed_dim)
             elif check:
@@ -215,30 +201,28 @@ def export_loaded(
                 if not int8:
                     inputs = geo.random(tower, check_count, generator)
                     inputs = inputs.int() if int32 else inputs
-                    got = run_batched(runners[tower], inputs.numpy(), fmt.PARITY_BATCH)
+                    got = run_batched(runners[tower], inputs.numpy(), parity_batch)
                     want = embed(module, inputs).numpy()
-                    if format == "coreml":  # fp16 compute (macOS only): judged like int8, by cosine
-                        record.fidelity = {"random_inputs": calib.cosine_summary(got, want)}
-                        calib.check_fidelity(
-                            names[tower], {"calibration": record.fidelity["random_inputs"]}, min_cosine
-                        )
-                    else:
+                    if spec.precision == "fp32":
                         record.max_abs_diff = check_max_abs_diff(names[tower], got, want, tolerance)
+                    else:  # reduced-precision compute is judged like int8, by cosine
+                        record.fidelity = {"random_inputs": calib.cosine_summary(got, want)}
+                        calib.check_fidelity(names[tower], {"calibration": record.fidelity["random_inputs"]}, min_cosine)
             towers[tower] = record
         fidelity = None
         if int8 and check:
-            fidelity = _fidelity(data, modules, runners, fmt.PARITY_BATCH, towers, names, min_cosine, format)
+            fidelity = _fidelity(data, modules, runners, spec, towers, names, min_cosine, min_agreement)
         with torch.no_grad():
             embed_dim = int(modules["text"](geo.example("text").to(example.dtype)).shape[-1])
         config: dict[str, Any] = {
             "model": name,
             "format": format,
-            "precision": "int8" if int8 else ("fp16" if format == "coreml" else "fp32"),
+            "precision": "int8" if int8 else spec.precision,
             "embed_dim": embed_dim,
             "normalized_embeddings": normalize,
             "logit_scale": float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else None,
             "logit_bias": float(model.logit_bias) if getattr(model, "logit_bias", None) is not None else None,
-            **({"opset": opset} if format == "onnx" else {}),
+            **options,
             **{
                 tower: {
                     "file": names[tower],
@@ -254,32 +238,35 @@ def export_loaded(
             "preprocess": preprocess_info((geo.height, geo.width), preprocess_cfg),
             "tokenizer": tokenizer_info(tokenizer, geo.context),
             "parity": {
-                "checked": check and _can_run(format),
+                "checked": checked,
                 "tolerance": None if int8 else tolerance,
                 "image_max_abs_diff": towers["image"].max_abs_diff,
                 "text_max_abs_diff": towers["text"].max_abs_diff,
-                "count": check_count if check and not int8 and _can_run(format) else None,
+                "count": check_count if checked and not int8 else None,
             },
-            "versions": versions(format),
+            "versions": versions(spec.distributions),
         }
         if int8:
             config["calibration"] = data.source
-            config["fidelity"] = {"min_cosine": min_cosine, **(fidelity or {"checked": False})}
+            config["fidelity"] = {
+                "min_cosine": min_cosine,
+                "min_agreement": min_agreement,
+                **(fidelity or {"checked": False}),
+            }
         config.update(extra or {})
         write_json(staging / names["sidecar"], config)
-        _move_into_place(staging, out_dir, names)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        _move_into_place(staging, out_dir, names, spec)
     return ExportResult(towers["image"], towers["text"], str(out_dir / names["sidecar"]), config)
 
 
-def _fidelity(data, modules, runners, batch, towers, names, min_cosine, format) -> dict[str, Any]:
-    """Cosine of int8 to fp32 per tower and split, and zero-shot top-1 agreement; fails below min_cosine."""
+def _fidelity(data, modules, runners, spec, towers, names, min_cosine, min_agreement) -> dict[str, Any]:
+    """Cosine of int8 to fp32 per tower and split, and zero-shot top-1 agreement; fails below the
+    thresholds, naming the tower and the number."""
     report: dict[str, Any] = {"synthetic_inputs": data.source.get("synthetic", [])}
-    int32 = _int32_tokens(format)
+    batch = 1 if spec.fixed_batch else None
 
     def both(tower: str, rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        feed = rows.int() if tower == "text" and int32 else rows
+        feed = rows.int() if tower == "text" and spec.int32_tokens else rows
         return run_batched(runners[tower], feed.numpy(), batch), embed(modules[tower], feed).numpy()
 
     for tower in TOWERS:
@@ -302,6 +289,8 @@ def _fidelity(data, modules, runners, batch, towers, names, min_cosine, format) 
         }
     for tower in TOWERS:
         calib.check_fidelity(names[tower], report[tower], min_cosine)
+    if "zero_shot_top1_agreement" in report:
+        calib.check_agreement(names, report["zero_shot_top1_agreement"], min_agreement)
     return report
 
 
@@ -318,14 +307,17 @@ def export_model(
 ) -> ExportResult:
     """Export ``model_name`` (with ``pretrained`` tag or local file) as one artifact per tower + sidecar.
 
-    ``format``: onnx, executorch, coreml or litert. Writes ``<name>[.int8].image<suffix>``,
-    ``<name>[.int8].text<suffix>`` and ``<name>[.int8].<format>.json`` (preprocessing, tokenizer,
-    embed dim, logit scale, format, precision, sizes, parity or int8 fidelity) into ``out_dir``,
-    and only after the checks passed (ExportParityError otherwise; nothing moved into place).
-    ``options`` go to :func:`export_loaded` (opset, normalize, check, tolerance, min_cosine, ...).
+    ``format``: a name of :data:`mobileclip2.export.formats.FORMATS`. Writes
+    ``<name>[.int8].image<suffix>``, ``<name>[.int8].text<suffix>`` and ``<name>[.int8].<format>.json``
+    (preprocessing, tokenizer, embed dim, logit scale, format, precision, sizes, parity or int8
+    fidelity) into ``out_dir``, and only after the checks passed (ExportParityError otherwise;
+    nothing moved into place). ``options`` go to :func:`export_loaded` (normalize, check, tolerance,
+    min_cosine, min_agreement, the format's own options such as opset, ...).
     """
-    format_module(format)  # unknown format: fail before loading weights
-    _require_exporter(format)
+    spec = format_spec(format)  # unknown format: fail before loading weights
+    missing = spec.missing_requirement()
+    if missing is not None:
+        raise ExporterUnavailableError(format, missing, spec.extra)
     from ..loading import load_for_inference
 
     loaded = load_for_inference(model_name, pretrained)
@@ -349,18 +341,3 @@ def export_model(
         extra=extra,
         **options,
     )
-
-
-_EXPORTER_MODULE = {
-    "onnx": ("onnx", "onnx"),
-    "executorch": ("executorch.exir", "executorch"),
-    "coreml": ("coremltools", "coremltools"),
-    "litert": ("litert_torch", "litert-torch"),
-}
-
-
-def _require_exporter(format: str) -> None:
-    """Fail fast, naming the extra, when the exporter for ``format`` is not installed."""
-    module, package = _EXPORTER_MODULE[format]
-    if importlib.util.find_spec(module.split(".")[0]) is None:
-        raise ExporterUnavailableError(format, package, EXTRA[format])

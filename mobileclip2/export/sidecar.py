@@ -13,16 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..system import package_versions
+
 PREPROCESS_DESCRIPTION = (
     "RGB, resize (resize_mode 'shortest': shorter side to size, then center crop), to float in [0, 1], "
     "then (x - mean) / std per channel, NCHW"
 )
-EXPORTER_DISTS = {
-    "onnx": ("onnx", "onnxruntime"),
-    "executorch": ("executorch", "torchao"),
-    "coreml": ("coremltools",),
-    "litert": ("litert-torch", "ai-edge-litert"),
-}
 
 
 def tokenizer_info(tokenizer: Any, context_length: int) -> dict[str, Any]:
@@ -50,10 +46,9 @@ def preprocess_info(size: tuple[int, int], preprocess_cfg: dict[str, Any]) -> di
     }
 
 
-def versions(format: str) -> dict[str, str]:
-    from ..benchmarking import package_versions
-
-    return package_versions("open_clip_torch", "timm", *EXPORTER_DISTS[format], "mobileclip2")
+def versions(exporter_distributions: tuple[str, ...]) -> dict[str, str]:
+    """The versions that produced an export: open_clip, timm, the format's exporter and ours."""
+    return package_versions("open_clip_torch", "timm", *exporter_distributions, "mobileclip2")
 
 
 def artifact_size(path: str | os.PathLike) -> int:

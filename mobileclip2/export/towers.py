@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..catalog import image_height_width
+from ..shapes import image_height_width, token_geometry
 
 TOWERS = ("image", "text")
 
@@ -66,12 +66,12 @@ def prepared(model: nn.Module) -> nn.Module:
     """A reparameterized, eval-mode, grad-free copy of ``model`` with its inference-time affines
     folded (the caller's model is untouched).
 
-    Folding (:func:`mobileclip2.inference.fold_affines`: BatchNorms into the conv or ``qkv`` next to
+    Folding (:func:`mobileclip2.inference.fold.fold_affines`: BatchNorms into the conv or ``qkv`` next to
     them, layer scales into the layer producing the scaled branch) leaves every artifact with fewer
     ops, and leaves no BatchNorm in the graph: torchao's ``convert_pt2e`` (0.18) then skips its
     conv-BN QAT folding pass, which otherwise exports some 120 pattern graphs for every int8 tower
     that still holds a BatchNorm (pytorch/pytorch PR 116440 added that skip)."""
-    from ..inference import fold_affines
+    from ..inference.fold import fold_affines
     from ..reparam import reparameterize
 
     model = fold_affines(reparameterize(copy.deepcopy(model).eval(), inplace=True))
@@ -103,10 +103,7 @@ class Geometry:
 
 def geometry(model: nn.Module, preprocess_cfg: dict[str, Any]) -> Geometry:
     height, width = image_height_width(model, preprocess_cfg)
-    text = getattr(model, "text", model)
-    context = int(getattr(text, "context_length", None) or getattr(model, "context_length", 77))
-    vocab = int(getattr(text, "vocab_size", None) or getattr(model, "vocab_size", 49408))
-    return Geometry(height, width, context, vocab)
+    return Geometry(height, width, *token_geometry(model))
 
 
 def embed(module: nn.Module, inputs: torch.Tensor, batch: int = 16) -> torch.Tensor:

@@ -17,12 +17,14 @@ has no 5-stage layout, no SE in downsampling, no LayerNorm attention blocks), so
 modules here keep timm 1.0.31's module names, state_dict keys and numerics, so one checkpoint loads into
 either, and they are built only from ``timm.layers`` / ``timm.models`` pieces whose signatures agree
 from timm 0.9.16 on. Nothing is registered on import: ``mobileclip2.plugin`` registers the functions in
-``BACKBONES`` (one per row of ``MCI_VARIANTS``) for the names the installed timm does not define, and upstream wins everywhere else.
+``BACKBONES`` for the names the installed timm does not define, and upstream wins everywhere else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+import re
+from collections.abc import Iterable, Mapping
 from functools import partial
 
 import torch
@@ -41,10 +43,10 @@ from timm.layers import (
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 
 from ..compat.timm_layers import reset_classifier_head, take_indices
-from . import MCI_VARIANTS, MCiVariant
+from . import APPLE_IMAGE_PREFIX, apple_release_source, rename
 
 # A list, not a tuple: timm's ``register_model`` appends each registered name to it.
-__all__ = ["FastVit", "BACKBONES", "MCI_VARIANTS", "fuse_bn"]
+__all__ = ["FastVit", "BACKBONES", "fuse_bn", "identity_kernel"]
 
 
 def _num_groups(group_size: int | None, channels: int) -> int:
@@ -66,7 +68,7 @@ def fuse_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, tor
     return kernel * t, bn.bias - bn.running_mean * bn.weight / std
 
 
-def _identity_kernel(
+def identity_kernel(
     channels: int, groups: int, kernel_size: tuple[int, int], like: torch.Tensor
 ) -> torch.Tensor:
     """Kernel of a grouped conv that returns its input unchanged: 1 at the centre tap of each channel."""
@@ -186,7 +188,7 @@ class MobileOneBlock(nn.Module):
             kernel_scale = F.pad(kernel_scale, [pad, pad, pad, pad])
         kernel_identity, bias_identity = 0, 0
         if self.identity is not None:
-            eye = _identity_kernel(
+            eye = identity_kernel(
                 self.in_chs, self.groups, (self.kernel_size, self.kernel_size), self.identity.weight
             )
             kernel_identity, bias_identity = fuse_bn(eye, self.identity)
@@ -439,7 +441,7 @@ class RepMixer(nn.Module):
             return
         mixer_kernel, mixer_bias = self.mixer.get_kernel_bias()
         norm_kernel, norm_bias = self.norm.get_kernel_bias()
-        eye = _identity_kernel(self.dim, self.dim, (self.kernel_size, self.kernel_size), mixer_kernel)
+        eye = identity_kernel(self.dim, self.dim, (self.kernel_size, self.kernel_size), mixer_kernel)
         if isinstance(self.layer_scale, LayerScale2d):
             gamma = self.layer_scale.gamma
             kernel = eye + gamma.unsqueeze(-1) * (mixer_kernel - norm_kernel)
@@ -525,7 +527,7 @@ class RepConditionalPosEnc(nn.Module):
         if self.reparam_conv is not None:
             return
         weight = self.pos_enc.weight
-        eye = _identity_kernel(self.dim, self.groups, self.spatial_shape, weight)
+        eye = identity_kernel(self.dim, self.groups, self.spatial_shape, weight)
         self.reparam_conv = _fused_conv(eye + weight, self.pos_enc.bias, groups=self.groups)
         self.pos_enc = None
 
@@ -855,29 +857,82 @@ class FastVit(nn.Module):
 
 _TIMM_SENTINEL = "stem.0.conv_kxk.0.conv.weight"
 
+# Apple's original layout of the MCi trunk (apple/ml-mobileclip, mobileclip/models/mci.py): the
+# FastViT paper code's branch names, applied in order to a key without APPLE_IMAGE_PREFIX, and one
+# flat ``network`` list of stages and downsamplings, split into timm's stages by _timm_stage_key.
+_APPLE_RENAMES = (
+    ("patch_embed.", "stem."),
+    ("rbr_conv.", "conv_kxk."),
+    ("rbr_scale.", "conv_scale."),
+    ("rbr_skip.", "identity."),
+    ("conv_exp.", "final_conv."),
+    ("lkb_origin.", "large_conv."),
+    ("convffn.", "mlp."),
+    ("se.reduce.", "se.fc1."),
+    ("se.expand.", "se.fc2."),
+)
+
+
+def layer_scale_key(key: str) -> str:
+    """Apple stores layer scales as bare parameters; timm's LayerScale2d modules hold ``.gamma``."""
+    key = re.sub(r"layer_scale_([0-9])$", r"layer_scale_\1.gamma", key)
+    return key + ".gamma" if key.endswith("layer_scale") else key
+
+
+def _stage_ends(keys: Iterable[str]) -> list[int]:
+    """Indices of the downsampling PatchEmbeds in the flat ``network`` list: the stage boundaries."""
+    return sorted({int(match.group(1)) for key in keys if (match := re.match(r"network\.(\d+)\.proj\.", key))})
+
+
+def _timm_stage_key(key: str, stage_ends: list[int]) -> str:
+    """``network.N.*`` -> ``stages.S.{downsample,pos_emb,blocks}.*``."""
+    match = re.match(r"network\.(\d+)\.(.*)$", key)
+    if match is None:
+        return key
+    index, rest = int(match.group(1)), match.group(2)
+    stage = f"stages.{bisect.bisect_right(stage_ends, index)}"
+    if rest.startswith("proj."):
+        return f"{stage}.downsample.{rest}"
+    if rest.startswith("pe."):
+        return f"{stage}.pos_emb.pos_enc.{rest[len('pe.') :]}"
+    return f"{stage}.blocks.{rest}"
+
+
+def from_apple_layout(trunk: Mapping[str, torch.Tensor]) -> dict[str, tuple[str | None, torch.Tensor]]:
+    """Apple's MCi trunk (keys without APPLE_IMAGE_PREFIX) under timm's names: new key -> (Apple's key,
+    or None for a tensor Apple's layout lacks, tensor). Reproduces timm 1.0.31's
+    ``fastvit.checkpoint_filter_fn`` for MobileCLIP checkpoints (tests/test_convert.py)."""
+    stage_ends = _stage_ends(trunk)
+    out: dict[str, tuple[str | None, torch.Tensor]] = {}
+    for key, value in trunk.items():
+        if key == "head.proj":  # GlobalPool2D projection [C, D] -> the timm head's Linear, zero bias
+            out["head.fc.weight"] = (key, value.T)
+            out["head.fc.bias"] = (None, torch.zeros(value.shape[1], dtype=value.dtype))
+            continue
+        out[_timm_stage_key(layer_scale_key(rename(key, _APPLE_RENAMES)), stage_ends)] = (key, value)
+    return out
+
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Accept timm-layout weights, bare or as the image trunk inside an OpenCLIP checkpoint, and
-    Apple's original MobileCLIP layout (converted by mobileclip2.convert, as timm's own filter does).
-    """
+    Apple's original MobileCLIP layout (as timm's own filter does)."""
     state_dict = state_dict.get("state_dict", state_dict)
     if _TIMM_SENTINEL in state_dict:
         return state_dict
     for prefix in ("module.visual.trunk.", "visual.trunk."):
         if prefix + _TIMM_SENTINEL in state_dict:
             return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    if any(key.startswith("image_encoder.model.") for key in state_dict):
-        from ..convert import image_trunk_state_dict
-
-        return image_trunk_state_dict(state_dict)
+    if any(key.startswith(APPLE_IMAGE_PREFIX) for key in state_dict):
+        trunk = {k[len(APPLE_IMAGE_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(APPLE_IMAGE_PREFIX)}
+        return {key: value for key, (_, value) in from_apple_layout(trunk).items()}
     raise ValueError(
         f"Checkpoint is neither in timm's FastViT layout (no {_TIMM_SENTINEL!r}) nor Apple's MobileCLIP "
-        "layout (image_encoder.model.*): load the timm hf-hub weights or an Apple MobileCLIP checkpoint."
+        f"layout ({APPLE_IMAGE_PREFIX}*): load the timm hf-hub weights or an Apple MobileCLIP checkpoint."
     )
 
 
 def _create_fastvit(variant: str, pretrained: bool = False, **kwargs) -> FastVit:
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))  # timm's default, also for 5 stages
     return build_model_with_cfg(
         FastVit,
         variant,
@@ -888,107 +943,102 @@ def _create_fastvit(variant: str, pretrained: bool = False, **kwargs) -> FastVit
     )
 
 
-def _model_args(variant: MCiVariant) -> dict:
-    """FastVit keyword arguments for one row of ``MCI_VARIANTS``.
-
-    MobileCLIP's towers (4 stages) mix tokens by RepMixer in stages 1-3 and by attention in the last,
-    with MLP ratio 3 and SE in the last two downsamplings. MobileCLIP2-S3/S4 (5 stages) use attention in
-    the last two stages, MLP ratio 4, LayerNorm2d before attention and no scale branch in the stem.
-    Both put a RepCPE positional encoding in front of every attention stage.
-    """
-    stages = len(variant.depths)
-    mixers = ("repmixer",) * 3 + ("attention",) * (stages - 3)
+def _mobileclip_args(layers: tuple[int, ...], embed_dims: tuple[int, ...]) -> dict:
+    """The MobileCLIP towers (4 stages): RepMixer in stages 1-3, attention behind a RepCPE in the
+    last, MLP ratio 3, SE in the last two downsamplings."""
     cpe = partial(RepConditionalPosEnc, spatial_shape=(7, 7))
-    args = dict(
-        layers=variant.depths,
-        embed_dims=variant.widths,
-        token_mixers=mixers,
-        pos_embs=tuple(cpe if mixer == "attention" else None for mixer in mixers),
+    return dict(
+        layers=layers,
+        embed_dims=embed_dims,
+        token_mixers=("repmixer", "repmixer", "repmixer", "attention"),
+        pos_embs=(None, None, None, cpe),
+        mlp_ratios=(3,) * 4,
+        se_downsamples=(False, False, True, True),
         lkc_use_act=True,
     )
-    if stages == 4:
-        args.update(mlp_ratios=(3,) * 4, se_downsamples=(False, False, True, True))
-    else:
-        args.update(
-            mlp_ratios=(4,) * stages,
-            se_downsamples=(False,) * stages,
-            downsamples=(False,) + (True,) * (stages - 1),
-            norm_layer=partial(LayerNorm2d, eps=1e-5),
-            stem_use_scale_branch=False,
-        )
-    return args
+
+
+def _mobileclip2_args(layers: tuple[int, ...], embed_dims: tuple[int, ...]) -> dict:
+    """MobileCLIP2-S3/S4 (5 stages): attention behind a RepCPE in the last two stages with
+    LayerNorm2d before it, MLP ratio 4, no SE, no scale branch in the stem."""
+    cpe = partial(RepConditionalPosEnc, spatial_shape=(7, 7))
+    return dict(
+        layers=layers,
+        embed_dims=embed_dims,
+        token_mixers=("repmixer",) * 3 + ("attention",) * 2,
+        pos_embs=(None, None, None, cpe, cpe),
+        mlp_ratios=(4,) * 5,
+        se_downsamples=(False,) * 5,
+        downsamples=(False,) + (True,) * 4,
+        norm_layer=partial(LayerNorm2d, eps=1e-5),
+        stem_use_scale_branch=False,
+        lkc_use_act=True,
+    )
 
 
 # Pretrained cfgs as data. Every MCi tag is a CLIP image tower (its "classes" are the embedding
-# width), so the values below are the effective ones; timm 1.0.31 lists the same tags in the same order
-# (the first tag with weights is a name's default), which tests/test_backbones.py checks.
-_APPLE_URL = "https://docs-assets.developer.apple.com/ml-research/datasets/mobileclip/"
+# width); timm 1.0.31 lists the same tags in the same order (the first tag with weights is a name's
+# default), which tests/test_backbones.py checks.
 _TAG_BASE = dict(
     input_size=(3, 256, 256), interpolation="bicubic", classifier="head.fc", license="apple-amlr"
 )
-# Head width and input statistics differ between the 4-stage (MobileCLIP) and 5-stage (MobileCLIP2-S3/S4)
-# towers: the latter were trained with OpenAI CLIP's mean/std.
-_TAG_BY_STAGES = {
-    4: dict(
-        num_classes=512,
-        mean=(0.0, 0.0, 0.0),
-        std=(1.0, 1.0, 1.0),
-        pool_size=(8, 8),
-        first_conv=("stem.0.conv_kxk.0.conv", "stem.0.conv_scale.conv"),
-    ),
-    5: dict(
-        num_classes=768,
-        mean=OPENAI_CLIP_MEAN,
-        std=OPENAI_CLIP_STD,
-        pool_size=(4, 4),
-        first_conv="stem.0.conv_kxk.0.conv",
-    ),
-}
-# (variant, tag, crop_pct, Apple release file or None for timm's own Hub copy)
-_TAGS = (
-    ("fastvit_mci0", "apple_mclip", 0.95, "mobileclip_s0"),
-    ("fastvit_mci1", "apple_mclip", 0.95, "mobileclip_s1"),
-    ("fastvit_mci2", "apple_mclip", 0.95, "mobileclip_s2"),
-    ("fastvit_mci0", "apple_mclip2_dfndr2b", 1.0, None),
-    ("fastvit_mci2", "apple_mclip2_dfndr2b", 0.95, None),
-    ("fastvit_mci3", "apple_mclip2_dfndr2b", 0.95, None),
-    ("fastvit_mci4", "apple_mclip2_dfndr2b", 0.95, None),
+# MobileCLIP2-S3/S4 were trained with OpenAI CLIP's mean/std and have a wider head.
+_MOBILECLIP_TAG = dict(
+    num_classes=512,
+    mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0),
+    pool_size=(8, 8),
+    first_conv=("stem.0.conv_kxk.0.conv", "stem.0.conv_scale.conv"),
 )
-
-
-def _tag_cfg(variant: str, crop_pct: float, apple_file: str | None) -> dict:
-    """One pretrained cfg: Apple's own release (Hub copy + direct URL) or timm's Hub copy."""
-    source = (
-        dict(hf_hub_id=f"apple/{apple_file}_timm", url=f"{_APPLE_URL}{apple_file}.pt")
-        if apple_file
-        else dict(hf_hub_id="timm/", url="")
-    )
-    stages = len(MCI_VARIANTS[variant].depths)
-    return {**_TAG_BASE, **_TAG_BY_STAGES[stages], **source, "crop_pct": crop_pct}
-
-
+_MOBILECLIP2_TAG = dict(
+    num_classes=768, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, pool_size=(4, 4), first_conv="stem.0.conv_kxk.0.conv"
+)
 default_cfgs = generate_default_cfgs(
-    {f"{variant}.{tag}": _tag_cfg(variant, crop_pct, apple) for variant, tag, crop_pct, apple in _TAGS}
+    {
+        f"{variant}.{tag}": {**_TAG_BASE, **generation, **apple_release_source(release, hub_id), "crop_pct": crop}
+        for variant, tag, generation, crop, release, hub_id in (
+            ("fastvit_mci0", "apple_mclip", _MOBILECLIP_TAG, 0.95, "mobileclip_s0", "apple/mobileclip_s0_timm"),
+            ("fastvit_mci1", "apple_mclip", _MOBILECLIP_TAG, 0.95, "mobileclip_s1", "apple/mobileclip_s1_timm"),
+            ("fastvit_mci2", "apple_mclip", _MOBILECLIP_TAG, 0.95, "mobileclip_s2", "apple/mobileclip_s2_timm"),
+            ("fastvit_mci0", "apple_mclip2_dfndr2b", _MOBILECLIP_TAG, 1.0, None, "timm/"),
+            ("fastvit_mci2", "apple_mclip2_dfndr2b", _MOBILECLIP_TAG, 0.95, None, "timm/"),
+            ("fastvit_mci3", "apple_mclip2_dfndr2b", _MOBILECLIP2_TAG, 0.95, None, "timm/"),
+            ("fastvit_mci4", "apple_mclip2_dfndr2b", _MOBILECLIP2_TAG, 0.95, None, "timm/"),
+        )
+    }
 )
 
 
-def _variant_builder(name: str) -> Callable[..., FastVit]:
-    """The timm model function for one table row; ``**kwargs`` override the row's arguments.
-
-    timm's ``register_model`` keys a model by the function's ``__name__`` and finds its pretrained
-    cfgs through ``__module__``, so both are set as if the function had been written out here.
-    """
-    variant = MCI_VARIANTS[name]
-
-    def build(pretrained: bool = False, **kwargs) -> FastVit:
-        return _create_fastvit(name, pretrained=pretrained, **{**_model_args(variant), **kwargs})
-
-    build.__name__ = build.__qualname__ = name
-    build.__module__ = __name__
-    build.__doc__ = f"{name}: the {variant.doc} image encoder."
-    return build
+# Undecorated on purpose: registering at import would shadow timm's own definitions; the plugin
+# registers them for the names the installed timm lacks.
+def fastvit_mci0(pretrained: bool = False, **kwargs) -> FastVit:
+    """MobileCLIP-S0 / MobileCLIP2-S0 image encoder."""
+    model_args = _mobileclip_args(layers=(2, 6, 10, 2), embed_dims=(64, 128, 256, 512))
+    return _create_fastvit("fastvit_mci0", pretrained, **dict(model_args, **kwargs))
 
 
-# Undecorated on purpose: registering at import would shadow timm's own definitions.
-BACKBONES = tuple(_variant_builder(name) for name in MCI_VARIANTS)
-globals().update({fn.__name__: fn for fn in BACKBONES})  # fastvit_mci0 .. 4 as module attributes
+def fastvit_mci1(pretrained: bool = False, **kwargs) -> FastVit:
+    """MobileCLIP-S1 image encoder."""
+    model_args = _mobileclip_args(layers=(4, 12, 20, 4), embed_dims=(64, 128, 256, 512))
+    return _create_fastvit("fastvit_mci1", pretrained, **dict(model_args, **kwargs))
+
+
+def fastvit_mci2(pretrained: bool = False, **kwargs) -> FastVit:
+    """MobileCLIP-S2 / MobileCLIP2-S2 image encoder."""
+    model_args = _mobileclip_args(layers=(4, 12, 24, 4), embed_dims=(80, 160, 320, 640))
+    return _create_fastvit("fastvit_mci2", pretrained, **dict(model_args, **kwargs))
+
+
+def fastvit_mci3(pretrained: bool = False, **kwargs) -> FastVit:
+    """MobileCLIP2-S3 image encoder."""
+    model_args = _mobileclip2_args(layers=(2, 12, 24, 4, 2), embed_dims=(96, 192, 384, 768, 1536))
+    return _create_fastvit("fastvit_mci3", pretrained, **dict(model_args, **kwargs))
+
+
+def fastvit_mci4(pretrained: bool = False, **kwargs) -> FastVit:
+    """MobileCLIP2-S4 image encoder."""
+    model_args = _mobileclip2_args(layers=(2, 12, 24, 4, 4), embed_dims=(128, 256, 512, 1024, 2048))
+    return _create_fastvit("fastvit_mci4", pretrained, **dict(model_args, **kwargs))
+
+
+BACKBONES = (fastvit_mci0, fastvit_mci1, fastvit_mci2, fastvit_mci3, fastvit_mci4)

@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 # The image tower's fusion primitives serve here too: a (1, k) depthwise kernel is a 2-D one.
 from ..compat.text_tower import quick_gelu_layer, text_norm_layer
-from .mci import ConvMlp, LayerScale2d, _identity_kernel, fuse_bn
+from .mci import ConvMlp, LayerScale2d, fuse_bn, identity_kernel
 
 __all__ = [
     "MCtCfg",
@@ -83,7 +83,7 @@ class RepDwConv1d(nn.Module):
         """One depthwise (1, k) conv equal to the sum of all branches."""
         reference = self.identity.weight
         kernel, bias = fuse_bn(
-            _identity_kernel(self.dim, self.dim, (1, self.kernel_size), reference), self.identity
+            identity_kernel(self.dim, self.dim, (1, self.kernel_size), reference), self.identity
         )
         for branch in self.conv_kxk:
             branch_kernel, branch_bias = fuse_bn(branch.conv.weight, branch.bn)
@@ -116,7 +116,7 @@ class RepMixer1d(nn.Module):
         mixer_kernel, mixer_bias = self.mixer.fused_kernel_bias()
         norm_kernel, norm_bias = self.norm.fused_kernel_bias()
         gamma = self.layer_scale.gamma
-        kernel = _identity_kernel(self.dim, self.dim, (1, self.kernel_size), gamma) + gamma.unsqueeze(-1) * (
+        kernel = identity_kernel(self.dim, self.dim, (1, self.kernel_size), gamma) + gamma.unsqueeze(-1) * (
             mixer_kernel - norm_kernel
         )
         conv = _dw_conv(self.dim, self.kernel_size, bias=True).to(device=gamma.device, dtype=gamma.dtype)

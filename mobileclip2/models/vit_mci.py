@@ -20,6 +20,8 @@ registered on import: ``mobileclip2.plugin`` registers ``BACKBONES`` for names t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn as nn
 from timm.layers import ConvNormAct, Format, nchw_to, to_2tuple
@@ -28,6 +30,7 @@ from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as _vit_checkpoint_filter_fn
 
 from ..compat.timm_layers import vit_has_forward_intermediates
+from . import APPLE_IMAGE_PREFIX, apple_release_source, rename
 
 # A list, not a tuple: timm's ``register_model`` appends each registered name to it.
 __all__ = ["ConvStemEmbed", "BACKBONES"]
@@ -139,7 +142,6 @@ class ConvStemEmbed(nn.Module):
 
 # Pretrained cfgs as data: every tag is a CLIP image tower (512-wide "classes", unnormalised input
 # statistics); tags in timm 1.0.31's order, the first with weights being the default.
-_APPLE_URL = "https://docs-assets.developer.apple.com/ml-research/datasets/mobileclip/"
 _TAG_BASE = dict(
     num_classes=512,
     input_size=(3, 224, 224),
@@ -153,30 +155,51 @@ _TAG_BASE = dict(
     classifier="head",
     license="apple-amlr",
 )
-# (tag, Apple release file or None for timm's own Hub copy)
-_TAGS = (
-    ("apple_mclip_lt", "mobileclip_blt"),
-    ("apple_mclip", "mobileclip_b"),
-    ("apple_mclip2_dfndr2b", None),
-)
-_APPLE_HUB = {"mobileclip_blt": "apple/mobileclip_b_lt_timm", "mobileclip_b": "apple/mobileclip_b_timm"}
-
 default_cfgs = generate_default_cfgs(
     {
-        f"vit_base_mci_224.{tag}": {
-            **_TAG_BASE,
-            **(
-                dict(hf_hub_id=_APPLE_HUB[apple], url=f"{_APPLE_URL}{apple}.pt")
-                if apple
-                else dict(hf_hub_id="timm/", url="")
-            ),
-        }
-        for tag, apple in _TAGS
+        f"vit_base_mci_224.{tag}": {**_TAG_BASE, **apple_release_source(release, hub_id)}
+        for tag, release, hub_id in (
+            ("apple_mclip_lt", "mobileclip_blt", "apple/mobileclip_b_lt_timm"),
+            ("apple_mclip", "mobileclip_b", "apple/mobileclip_b_timm"),
+            ("apple_mclip2_dfndr2b", None, "timm/"),
+        )
     }
 )
 
+# Apple's original layout of the ViT-B/16 trunk (apple/ml-mobileclip, mobileclip/models/vit.py),
+# applied in order to a key without APPLE_IMAGE_PREFIX.
+_APPLE_RENAMES = (
+    ("patch_emb.", "patch_embed.backbone."),
+    ("block.conv", "conv"),
+    ("block.norm", "bn"),
+    ("post_transformer_norm.", "norm."),
+    ("pre_norm_mha.0", "norm1"),
+    ("pre_norm_mha.1", "attn"),
+    ("pre_norm_ffn.0", "norm2"),
+    ("pre_norm_ffn.1", "mlp.fc1"),
+    ("pre_norm_ffn.4", "mlp.fc2"),
+    ("qkv_proj.", "qkv."),
+    ("out_proj.", "proj."),
+    ("transformer.", "blocks."),
+)
+_APPLE_POSITIONS = "pos_embed.pos_embed.pos_embed"  # stored as [1, 1, L, C]
+APPLE_SENTINEL = "patch_emb.0.block.conv.weight"
 
-_APPLE_SENTINEL = "image_encoder.model.patch_emb.0.block.conv.weight"
+
+def from_apple_layout(trunk: Mapping[str, torch.Tensor]) -> dict[str, tuple[str | None, torch.Tensor]]:
+    """Apple's ViT-B/16 trunk (keys without APPLE_IMAGE_PREFIX) under timm's names: new key ->
+    (Apple's key, or None for a tensor Apple's layout lacks, tensor). Reproduces timm 1.0.31's
+    ``vision_transformer_hybrid._convert_mobileclip`` (tests/test_convert.py)."""
+    out: dict[str, tuple[str | None, torch.Tensor]] = {}
+    for key, value in trunk.items():
+        if key == _APPLE_POSITIONS:
+            out["pos_embed"] = (key, value.reshape(1, value.shape[-2], value.shape[-1]))
+        elif key == "classifier.proj":  # SimpleImageProjectionHead [C, D] -> Linear, zero bias
+            out["head.weight"] = (key, value.T)
+            out["head.bias"] = (None, torch.zeros(value.shape[1], dtype=value.dtype))
+        else:
+            out[rename(key, _APPLE_RENAMES)] = (key, value)
+    return out
 
 
 def checkpoint_filter_fn(
@@ -186,11 +209,10 @@ def checkpoint_filter_fn(
     antialias: bool = True,
 ) -> dict[str, torch.Tensor]:
     """timm's ViT filter (OpenCLIP trunk prefixes, position-embedding resize), after converting
-    Apple's original MobileCLIP layout with mobileclip2.convert as timm's own filter does."""
-    if _APPLE_SENTINEL in state_dict:
-        from ..convert import image_trunk_state_dict
-
-        state_dict = image_trunk_state_dict(state_dict)
+    Apple's original MobileCLIP layout as timm's own filter does."""
+    if APPLE_IMAGE_PREFIX + APPLE_SENTINEL in state_dict:
+        trunk = {k[len(APPLE_IMAGE_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(APPLE_IMAGE_PREFIX)}
+        state_dict = {key: value for key, (_, value) in from_apple_layout(trunk).items()}
     return _vit_checkpoint_filter_fn(state_dict, model, interpolation=interpolation, antialias=antialias)
 
 

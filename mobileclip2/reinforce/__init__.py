@@ -1,8 +1,9 @@
-"""Dataset reinforcement at scale: the torchrun entry point and its storage/manifest helpers.
+"""Dataset reinforcement (DR): add teacher embeddings, augmentation parameters and synthetic captions
+to plain image/caption webdataset shards.
 
-``torchrun --nproc-per-node G --nnodes N -m mobileclip2.reinforce SHARDS --output OUT ...`` runs
-``mobileclip2 reinforce`` on every rank (same flags); the work itself is
-:func:`mobileclip2.train.reinforce.reinforce`. This package holds what does not depend on torch
-models: where shards come from and go to (:mod:`.storage`) and what a run has already finished
-(:mod:`.manifest`). Importing it is cheap.
+Modules, one concern each: :mod:`.shards` (the shard format, the one description of it),
+:mod:`.storage` (where shards come from and go to: paths, ``pipe:``, fsspec URLs; whole-or-nothing
+writes), :mod:`.manifest` (what a run has finished; whether an output folder may be reused),
+:mod:`.distributed` (ranks under torchrun), :mod:`.generate` (the work) and :mod:`.main` (the flags
+of ``mobileclip2 reinforce`` and ``torchrun -m mobileclip2.reinforce``). Importing it is cheap.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from ..commands.reinforce import main
+from .main import main
 
 if __name__ == "__main__":
     sys.exit(main())

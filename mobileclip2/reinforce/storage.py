@@ -3,9 +3,9 @@ fsspec URLs (``s3://``, ``gs://``, ``hf://``, ``file://``, ``memory://``, ...), 
 open_clip_train users write them.
 
 Writes never leave a partial file under a final name: a shard is written to a temporary file and
-committed only when complete -- renamed (``os.replace``) on a local file system, uploaded in one
-``put_file`` (an object appears whole or not at all) elsewhere. ``kill -9`` at any moment leaves at
-most a ``*.partial`` file, which a rerun replaces.
+committed only when complete -- renamed into place on a local file system
+(:func:`mobileclip2.files.atomic_output`), uploaded in one ``put_file`` (an object appears whole or
+not at all) elsewhere.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any
 
 from ..errors import ShardStorageError
+from ..files import atomic_output
 
-__all__ = ["expand_inputs", "open_input", "read_samples", "shard_name"]
+__all__ = ["Output", "expand_inputs", "open_input", "read_samples", "read_shard", "shard_name"]
 
 PIPE = "pipe:"
-PARTIAL = ".partial"
 
 
 def expand_inputs(patterns: Iterable[str]) -> list[str]:
@@ -73,6 +73,18 @@ def open_input(source: str) -> Iterator[IO[bytes]]:
             yield stream
     except FileNotFoundError as error:
         raise ShardStorageError(f"input shard {source!r} does not exist ({error})") from error
+
+
+def read_shard(source: str) -> list[dict[str, Any]]:
+    """All samples of one input shard (path, URL or ``pipe:``), in order."""
+    try:
+        with open_input(source) as stream:
+            return read_samples(stream)
+    except tarfile.TarError as error:
+        raise ShardStorageError(
+            f"input shard {source} is not a readable tar file ({error}); fix or remove it and rerun "
+            "(finished shards are kept)"
+        ) from error
 
 
 def _split_member(name: str) -> tuple[str, str] | None:
@@ -175,19 +187,12 @@ class Output:
     def _commit(self, name: str, write) -> tuple[int, str]:
         """Run ``write(stream)`` into a temporary file, then commit it as ``name``; -> (bytes, sha256)."""
         if self.local:
-            final = self.path(name)
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            partial = final + PARTIAL
-            with open(partial, "wb") as stream:
-                write(stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.chmod(partial, 0o644)
-            result = os.path.getsize(partial), _sha256_file(partial)
-            os.replace(partial, final)
-            return result
+            with atomic_output(self.path(name)) as partial:
+                with open(partial, "wb") as stream:
+                    write(stream)
+                return os.path.getsize(partial), _sha256_file(partial)
         with tempfile.TemporaryDirectory(prefix="mobileclip2-reinforce-") as folder:
-            local = os.path.join(folder, name.replace("/", "_") + PARTIAL)
+            local = os.path.join(folder, name.replace("/", "_"))
             with open(local, "wb") as stream:
                 write(stream)
             result = os.path.getsize(local), _sha256_file(local)

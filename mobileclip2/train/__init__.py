@@ -24,7 +24,21 @@ from collections.abc import Callable
 # open_clip_train <= this release reads samples with webdataset 0.2.x's keys; webdataset >= 1.0
 # changed them and the run dies inside open_clip_train's loader with "KeyError: 'fname'".
 OPEN_CLIP_TRAIN_WDS_0_2_UNTIL = (3, 3, 0)
-WEBDATASET_REQUIREMENT = "webdataset>=0.2.5,<=0.2.86"  # the `train` extra's pin (setup.cfg)
+
+
+def webdataset_requirement() -> str | None:
+    """The ``train`` extra's webdataset requirement, as installed (setup.cfg is its one source)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        found = requires("mobileclip2") or []
+    except PackageNotFoundError:  # a checkout on PYTHONPATH: no metadata to read
+        return None
+    for requirement in found:
+        spec, _, marker = requirement.partition(";")
+        if spec.strip().startswith("webdataset") and "train" in marker:
+            return spec.strip()
+    return None
 
 
 def _release(version: str) -> tuple[int, ...]:
@@ -49,7 +63,8 @@ def check_webdataset(version_of: Callable[[str], str | None] = _installed_versio
     feed open_clip_train's loader (missing, or >= 1.0 with open_clip_train <= 3.3.0)."""
     from ..errors import DependencyVersionError
 
-    install = f"pip install '{WEBDATASET_REQUIREMENT}' (or: pip install 'mobileclip2[train]')"
+    pinned = webdataset_requirement()
+    install = (f"pip install '{pinned}' (or: " if pinned else "(") + "pip install 'mobileclip2[train]')"
     webdataset = version_of("webdataset")
     if webdataset is None:
         raise DependencyVersionError(

@@ -1,15 +1,6 @@
 """The DR webdataset pipeline: reinforced shards -> ``(images, texts)`` for the loop + teacher payloads.
 
-Shard layout (Apple's DataCompDR / DFNDR, see docs/training.md), per sample ``KEY``:
-
-* ``KEY.jpg`` (or png/jpeg/webp) image, ``KEY.txt`` caption;
-* ``KEY.paug.json``: ``{"param_aug": [params of augmentation 0, ...]}`` (a list, or the same
-  list JSON-encoded as a string, as on the Hugging Face copies), layout in mobileclip2.train.augment;
-* ``KEY.syn.json``: ``{"syn_text": [caption, ...], "syn_text_<tag>": [...], ...}``;
-* ``KEY.npz`` (float32, preferred when both exist) or ``KEY.pth.gz`` (gzip'd torch.save, often
-  bfloat16) holding ``image_emb`` [augmentations, D], ``text_emb`` [captions, D] and
-  ``<syn key>_emb`` [synthetic captions, D]. DataCompDR-12M instead appends the synthetic-caption
-  embeddings to ``text_emb`` (rows after the real captions); both layouts load.
+The shard format is :mod:`mobileclip2.reinforce.shards` (Apple's DataCompDR / DFNDR layout).
 
 Per sample (Apple's ``preprocess_dr``): pick one stored augmentation and replay it at the
 student's size and normalization, pick one real caption, pick one synthetic caption (a random
@@ -37,9 +28,6 @@ black crop), and batch assembly names the shard and sample key of a sample that 
 
 from __future__ import annotations
 
-import gzip
-import io
-import json
 import logging
 import math
 import random
@@ -53,8 +41,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..augment import Augmentation, decode_image
 from ..errors import CropMismatchError, DRDataError
-from .augment import Augmentation, decode_image
+from ..reinforce.shards import (
+    EMBEDDING_KEYS,
+    IMAGE_KEYS,
+    augmentation_params,
+    decode_embeddings,
+    image_key,
+    synthetic_captions,
+)
 
 __all__ = [
     "DRDataError",
@@ -68,8 +64,6 @@ __all__ = [
     "prepare_sample",
 ]
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-EMBEDDING_KEYS = ("npz", "pth.gz")  # npz first: Apple prefers the fp32 copy when both exist
 
 # open_clip_train.data's shuffle buffers (module constants there, not public API).
 SHARD_SHUFFLE_SIZE, SHARD_SHUFFLE_INITIAL = 2000, 500
@@ -111,51 +105,17 @@ class DRSampling:
 # ---------------------------------------------------------------------------------------------
 
 
-def _image_key(sample: Mapping[str, Any]) -> str | None:
-    return next((key for key in IMAGE_KEYS if key in sample), None)
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, (bytes, bytearray, str)) else value
-
-
-def decode_embeddings(sample: Mapping[str, Any]) -> dict[str, np.ndarray | torch.Tensor]:
-    """The stored teacher embeddings of a sample as a dict of arrays (npz preferred)."""
-    if "npz" in sample:
-        with np.load(io.BytesIO(sample["npz"]), allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    if "pth.gz" in sample:
-        stored = torch.load(
-            io.BytesIO(gzip.decompress(sample["pth.gz"])), map_location="cpu", weights_only=True
-        )
-        if not isinstance(stored, Mapping):
-            raise DRDataError(
-                f"pth.gz of sample {sample.get('__key__')!r} holds {type(stored).__name__}, not a dict"
-            )
-        return dict(stored)
-    raise DRDataError(f"sample {sample.get('__key__')!r} has no stored embeddings (npz or pth.gz)")
-
-
-def augmentation_params(paug: Mapping[str, Any]) -> list:
-    """``paug.json`` -> list of stored parameter lists (accepts the JSON-string variant)."""
-    params = _json(paug["param_aug"])
-    if not isinstance(params, list) or not params:
-        raise DRDataError(f"paug.json 'param_aug' must be a non-empty list, got {type(params).__name__}")
-    return params
-
-
 def decode_sample(raw: Mapping[str, Any], online: bool) -> dict[str, Any]:
     """Raw tar members -> image, captions, augmentation params, synthetic captions, embeddings."""
-    image_key = _image_key(raw)
     sample = {
         "__key__": raw.get("__key__"),
         "__url__": raw.get("__url__"),
-        "image": decode_image(raw[image_key]),
+        "image": decode_image(raw[image_key(raw)]),
         "texts": [raw["txt"].decode("utf-8") if isinstance(raw["txt"], bytes) else raw["txt"]],
-        "syn": _json(raw["syn.json"]) if "syn.json" in raw else {},
+        "syn": synthetic_captions(raw),
     }
     if not online:
-        sample["params"] = augmentation_params(_json(raw["paug.json"]))
+        sample["params"] = augmentation_params(raw)
         sample["emb"] = decode_embeddings(raw)
     return sample
 
@@ -487,7 +447,7 @@ def inspect_shards(
         "or distill online from live teachers with --distill-model/--distill-pretrained"
     )
     missing = []
-    if _image_key(raw) is None:
+    if image_key(raw) is None:
         missing.append("an image (" + "/".join(IMAGE_KEYS) + ")")
     if "txt" not in raw:
         missing.append("txt")
@@ -495,7 +455,7 @@ def inspect_shards(
         missing += [key for key in ("paug.json",) if key not in raw]
         if not any(key in raw for key in EMBEDDING_KEYS):
             missing.append("stored teacher embeddings (npz or pth.gz)")
-    syn = _json(raw["syn.json"]) if "syn.json" in raw else {}
+    syn = synthetic_captions(raw)
     syn_keys = tuple(key for key in syn if re.match(sampling.syn_text_key_regex, key))
     if sampling.uses_synthetic and not syn_keys:
         missing.append(
@@ -518,7 +478,7 @@ def inspect_shards(
         if len(set(widths.values())) != 1:
             raise DRDataError(f"stored embeddings have different widths {widths}")
         width = widths["image_emb"]
-        params = augmentation_params(_json(raw["paug.json"]))
+        params = augmentation_params(raw)
         num_augs = len(params)
         if len(emb["image_emb"]) != num_augs:
             raise DRDataError(f"{num_augs} stored augmentations but {len(emb['image_emb'])} image embeddings")
@@ -547,7 +507,7 @@ def _prepare_stage(samples, augmentation, tokenizer, sampling, shared_epoch, min
     epoch_value = shared_epoch.get_value()
     for raw in samples:
         tally.read()
-        if _image_key(raw) is None or "txt" not in raw:
+        if image_key(raw) is None or "txt" not in raw:
             tally.skip(SKIP_INCOMPLETE, raw, f"has {sorted(k for k in raw if not k.startswith('__'))}")
             continue
         try:

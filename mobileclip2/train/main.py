@@ -3,7 +3,7 @@
 Why hooks and not a fork. open_clip_train.main.main() already does everything a run needs (DDP
 setup, model/optimizer/scheduler, resume, logging, checkpoints, evaluation). DR changes only three
 of its steps, so this entry runs that very function with three of its module-level names swapped
-for the duration of the call (mobileclip2.compat.open_clip_train_hooks):
+for the duration of the call (mobileclip2.compat.open_clip_train.open_clip_train_hooks):
 
 * ``parse_args``: our flags (mobileclip2.train.args, Apple's names) are parsed first, the rest by
   open_clip_train's parser; ``--distill-model/--distill-pretrained`` are taken over (kept as
@@ -59,7 +59,7 @@ class StudentPreprocess:
     def from_transform(cls, transform) -> StudentPreprocess:
         from torchvision import transforms as T
 
-        from .augment import as_height_width
+        from ..shapes import height_width
 
         steps = list(getattr(transform, "transforms", [transform]))
         crop = next((t for t in steps if isinstance(t, T.RandomResizedCrop)), None)
@@ -72,7 +72,7 @@ class StudentPreprocess:
             )
         size = None
         if crop is not None:
-            size = as_height_width(crop.size)
+            size = height_width(crop.size)
         return cls(
             size=size,
             interpolation=getattr(crop, "interpolation", None),
@@ -116,7 +116,7 @@ class Session:
     # -- parse_args ------------------------------------------------------------------------
     def wrap_parse_args(self, original):
         def parse_args(argv):
-            from .teachers import parse_teacher_specs
+            from ..teachers import parse_teacher_specs
 
             ours, rest = split_argv(argv)
             args = original(rest)
@@ -164,7 +164,7 @@ class Session:
         return get_data
 
     def _dr_train_data(self, args, epoch, tokenizer):
-        from .augment import Augmentation, student_augmentation_config
+        from ..augment import Augmentation, student_augmentation_config
         from .data import DRSampling, build_dr_dataloader, inspect_shards
 
         sampling = DRSampling(
@@ -245,7 +245,7 @@ class Session:
         return create_loss
 
     def _load_teachers(self, args):
-        from .teachers import TeacherEnsemble
+        from ..teachers import TeacherEnsemble
 
         teachers = TeacherEnsemble.load(self.teacher_specs, device=args.device, cache_dir=args.cache_dir)
         teachers.check_tokenizer(self.tokenizer)
@@ -261,10 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         build_parser().print_help()
         print("\nAll other flags are open_clip_train's:\n")
-    from .. import compat
-    from ..plugin import register
-
-    register()  # also with MOBILECLIP2_AUTOLOAD=0 / python -S, where no startup hook ran
+    from ..compat.open_clip_train import open_clip_train_hooks
 
     session = Session()
     hooks = {
@@ -274,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         check_webdataset()
-        with compat.open_clip_train_hooks(hooks) as train_main:
+        with open_clip_train_hooks(hooks) as train_main:
             result = train_main.main(argv)
     except MobileCLIP2Error as error:
         print(f"mobileclip2.train: error: {error}", file=sys.stderr)

@@ -24,6 +24,14 @@ OPENAI_MEAN, OPENAI_STD = list(OPENAI_DATASET_MEAN), list(OPENAI_DATASET_STD)  #
 TINY_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 
 
+
+def write_shard(path: str | Path, samples) -> None:
+    """Write samples (bytes values, ``__key__``) as a tar shard at ``path``, committed whole."""
+    from mobileclip2.reinforce.storage import Output
+
+    path = Path(path)
+    Output(path.parent).write_shard(path.name, samples)
+
 def teacher_config(embed_dim: int, image_size: int, mean, std) -> dict:
     return {
         "model_cfg": {
@@ -113,8 +121,6 @@ def make_plain_shards(
     root: Path, num_shards: int = 2, per_shard: int = 12, seed: int = 0, syn: bool = True
 ) -> list[str]:
     """Plain webdataset shards: image + txt (+ syn.json with two pre-made synthetic captions)."""
-    from mobileclip2.train.reinforce import write_shard
-
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -276,7 +282,7 @@ def build_workspace(tmp_path_factory) -> dict:
 
 
 def _with_one_syn_caption(path: str) -> int:
-    from mobileclip2.train.reinforce import read_shard, write_shard
+    from mobileclip2.reinforce.storage import read_shard
 
     samples = read_shard(path)
     for sample in samples:

@@ -40,6 +40,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .shapes import height_width
+
 __all__ = [
     "Augmentation",
     "RAND_AUGMENT_OPS",
@@ -94,14 +96,6 @@ def _interpolation(value: Any):
     if isinstance(value, int) and value in _PIL_INTERPOLATION:  # PIL constants, as torchvision accepts
         return InterpolationMode(_PIL_INTERPOLATION[value])
     raise ValueError(f"unknown interpolation {value!r}")
-
-
-def as_height_width(size: int | Sequence[int]) -> tuple[int, int]:
-    """An image size as torchvision and open_clip write it (int, [s] or [h, w]) -> (h, w)."""
-    if isinstance(size, int):
-        return size, size
-    size = list(size)
-    return (int(size[0]), int(size[0])) if len(size) == 1 else (int(size[0]), int(size[1]))
 
 
 def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
@@ -181,7 +175,7 @@ class CenterCrop(_Step):
     name = "center_crop"
 
     def __init__(self, size):
-        self.size = as_height_width(size)
+        self.size = height_width(size)
 
     def apply(self, image, params):
         from torchvision.transforms import functional as F
@@ -195,7 +189,7 @@ class RandomCrop(_Step):
     name = "random_crop"
 
     def __init__(self, size, padding=None, pad_if_needed=False, fill=0, padding_mode="constant"):
-        self.size = as_height_width(size)
+        self.size = height_width(size)
         self.padding = padding
         self.pad_if_needed = pad_if_needed
         self.fill = fill
@@ -245,7 +239,7 @@ class RandomResizedCrop(_Step):
     def __init__(
         self, size, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0), interpolation="bilinear", antialias=True
     ):
-        self.size = as_height_width(size)
+        self.size = height_width(size)
         self.scale = tuple(scale)
         self.ratio = tuple(ratio)
         self.interpolation = _interpolation(interpolation)
@@ -688,7 +682,7 @@ def student_augmentation_config(
                 config["random_resized_crop"]["interpolation"] = _interpolation(interpolation).value
         else:
             final = options.get("random_crop", options.get("center_crop", {})).get("size")
-            if final is None or as_height_width(final) != tuple(size):
+            if final is None or height_width(final) != tuple(size):
                 raise ValueError(
                     f"the augmentation config produces {final!r} px images without a random_resized_crop to "
                     f"resize them, but the student expects {tuple(size)}; add random_resized_crop or "

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..catalog import image_height_width
-from ..errors import TeacherError
+from .errors import TeacherError
+from .shapes import image_height_width
 
 __all__ = ["TeacherEnsemble", "TeacherError", "parse_teacher_specs"]
 

@@ -2,70 +2,67 @@
 
 For every sample of every input shard (``KEY.jpg|png|jpeg|webp`` + ``KEY.txt``, optionally
 ``KEY.syn.json`` with synthetic captions already made elsewhere) this writes the same sample, with
-its original bytes, plus what DR training reads (docs/training.md):
-
-* ``paug.json``: ``{"param_aug": [...]}``, the parameters of ``num_augmentations`` random
-  augmentations drawn from the augmentation config (Apple's layout, see augment.py);
-* ``syn.json``: the input's synthetic captions, plus ``num_captions`` new ones under
-  ``caption_key`` when a captioner (an open_clip CoCa model) is given;
-* ``npz`` (float32) or ``pth.gz`` (bfloat16, ``bfloat16=True``): the teacher ensemble's normalized,
-  concatenated embeddings -- ``image_emb`` [augmentations, D], ``text_emb`` [1, D] and, for every
-  ``syn.json`` key matching ``syn_text_key_regex``, ``<key>_emb`` [captions, D].
+its original bytes, plus what DR training reads, in the format of :mod:`mobileclip2.reinforce.shards`:
+the parameters of ``num_augmentations`` random augmentations drawn from the augmentation config,
+the input's synthetic captions plus ``num_captions`` new ones under ``caption_key`` when a
+captioner (an open_clip CoCa model) is given, and the teacher ensemble's embeddings of every view,
+the caption and each synthetic caption matching ``syn_text_key_regex``.
 
 Each output shard keeps its input's file name; ``config.json`` next to them records the
 augmentation config (pass it as ``--dataset-reinforcement-config``), the teachers, their
 embedding widths and logit scales (which training uses when the flags are not given).
 
 The tensor a teacher embeds is the *replay* of the stored parameters at the config's size (then
-resized/normalized per teacher, see teachers.py), i.e. exactly what training replays.
+resized/normalized per teacher, see mobileclip2.teachers), i.e. exactly what training replays.
 
 Scale (docs/training.md): under torchrun every rank takes every ``world_size``-th pending shard.
 A sample's augmentations are drawn from a generator seeded by (seed, shard name, sample key) and
 captions from one seeded by (seed, shard name, first key of the batch); batches never span shards.
 So a shard's bytes depend on its content and the arguments only, not on the world size or on
 which rank made it. Decoding and augmentation run in DataLoader workers, teachers in the main
-process on the rank's device. What is finished is recorded in the output (reinforce/manifest.py),
-so a rerun resumes.
+process on the rank's device. What is finished is recorded in the output (:mod:`.manifest`), so a
+rerun resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import gzip
 import hashlib
-import io
-import json
 import logging
 import os
 import re
-import tarfile
 import time
-import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from ..reinforce import storage
-from ..reinforce.manifest import CONFIG, MANIFEST, RECORDS, Plan, plan_run, record_name
-from .augment import Augmentation, as_height_width, decode_image, enabled_steps
-from .data import EMBEDDING_KEYS, _image_key
-from .teachers import TeacherEnsemble, TeacherError, parse_teacher_specs, require_finite_weights
+from ..augment import Augmentation, decode_image, enabled_steps
+from ..shapes import height_width
+from ..system import PRECISIONS, torch_dtype
+from ..teachers import TeacherEnsemble, TeacherError, parse_teacher_specs, require_finite_weights
+from . import distributed, storage
+from .manifest import CONFIG, MANIFEST, RECORDS, Plan, plan_run, record_name
+from .shards import (
+    EMBEDDING_KEYS,
+    encode_augmentation_params,
+    encode_embeddings,
+    encode_synthetic_captions,
+    image_key,
+    synthetic_captions,
+)
 
 __all__ = [
     "DEFAULT_AUGMENTATION",
     "ReinforceOptions",
     "ReinforceReport",
-    "read_shard",
     "reinforce",
     "sample_seed",
-    "write_shard",
 ]
 
 
@@ -79,7 +76,6 @@ DEFAULT_AUGMENTATION = {
     "to_tensor": {"enable": True},
 }
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -114,55 +110,6 @@ class ReinforceReport:
     seconds: float = 0.0
 
 
-# ---------------------------------------------------------------------------------------------
-# Shards and sample encodings.
-# ---------------------------------------------------------------------------------------------
-
-
-def read_shard(path: str | Path) -> list[dict[str, Any]]:
-    """All samples of a shard (path, URL or ``pipe:``), in order (members of a sample adjacent)."""
-    try:
-        with storage.open_input(str(path)) as stream:
-            return storage.read_samples(stream)
-    except tarfile.TarError as error:
-        raise storage.ShardStorageError(
-            f"input shard {path} is not a readable tar file ({error}); fix or remove it and rerun "
-            "(finished shards are kept)"
-        ) from error
-
-
-def write_shard(path: str | Path, samples: Iterable[Mapping[str, Any]]) -> None:
-    """Write samples (bytes values) as a local tar shard; written to a temp name, then renamed."""
-    path = Path(path)
-    storage.Output(path.parent).write_shard(path.name, samples)
-
-
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-
-
-def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """What ``numpy.savez_compressed`` writes (a zip of ``.npy`` files, ``np.load`` reads it), but with
-    fixed member timestamps, so equal arrays give equal bytes whenever and wherever they are written."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, array in arrays.items():
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, member.getvalue())
-    return buffer.getvalue()
-
-
-def encode_embeddings(embeddings: Mapping[str, torch.Tensor], bfloat16: bool) -> tuple[str, bytes]:
-    """-> ("npz", float32 npz bytes) or ("pth.gz", gzip'd torch.save of bfloat16 tensors); deterministic."""
-    if bfloat16:
-        buffer = io.BytesIO()
-        torch.save({key: value.to(torch.bfloat16).contiguous() for key, value in embeddings.items()}, buffer)
-        return "pth.gz", gzip.compress(buffer.getvalue(), mtime=0)
-    return "npz", _npz_bytes({key: value.float().numpy() for key, value in embeddings.items()})
-
-
 def sample_seed(seed: int, shard: str, key: str) -> int:
     """The seed of one sample's augmentations: a function of (seed, shard name, key) only, so any
     rank, any world size and any batch order draw the same parameters for the sample."""
@@ -189,7 +136,7 @@ def augmentation_config(config: Mapping[str, Any] | None, teachers: TeacherEnsem
         "size"
     )
     if crop is not None:
-        height, width = as_height_width(crop)
+        height, width = height_width(crop)
         small = [m.name for m in teachers.members if m.size[0] > height or m.size[1] > width]
         if small:
             raise TeacherError(
@@ -262,17 +209,6 @@ class Captioner:
 # ---------------------------------------------------------------------------------------------
 
 
-def _syn_captions(sample: Mapping[str, Any]) -> dict[str, list[str]]:
-    if "syn.json" not in sample:
-        return {}
-    stored = json.loads(sample["syn.json"])
-    if not isinstance(stored, dict):
-        raise ValueError("syn.json is not a JSON object")
-    return {
-        key: [value] if isinstance(value, str) else [str(v) for v in value] for key, value in stored.items()
-    }
-
-
 class ShardViews(torch.utils.data.Dataset):
     """One shard's samples -> decoded, augmented views (or the reason a sample is skipped).
 
@@ -297,8 +233,8 @@ class ShardViews(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         item: dict[str, Any] = {"index": index, "key": sample["__key__"], "skip": None}
-        image_key = _image_key(sample)
-        if image_key is None:
+        member = image_key(sample)
+        if member is None:
             return {**item, "skip": "no image"}
         if "txt" not in sample:
             return {**item, "skip": "no caption"}
@@ -307,11 +243,11 @@ class ShardViews(torch.utils.data.Dataset):
         except UnicodeDecodeError:
             return {**item, "skip": "caption not UTF-8"}
         try:
-            item["syn"] = _syn_captions(sample)
+            item["syn"] = synthetic_captions(sample)
         except (ValueError, TypeError, UnicodeDecodeError):
             return {**item, "skip": "invalid syn.json"}
         try:
-            image = decode_image(sample[image_key])
+            image = decode_image(sample[member])
         except Exception:  # noqa: BLE001 - any decoder failure skips the sample (reported with its key)
             return {**item, "skip": "undecodable image"}
         generator = torch.Generator().manual_seed(sample_seed(self.options.seed, self.shard, item["key"]))
@@ -385,9 +321,9 @@ def embed_items(
                 embeddings[f"{key}_emb"] = torch.stack(rows)
         extension, payload = encode_embeddings(embeddings, options.bfloat16)
         sample[extension] = payload
-        sample["paug.json"] = json.dumps({"param_aug": item["params"]}).encode("utf-8")
+        sample["paug.json"] = encode_augmentation_params(item["params"])
         if syn[i]:
-            sample["syn.json"] = json.dumps(syn[i]).encode("utf-8")
+            sample["syn.json"] = encode_synthetic_captions(syn[i])
         out.append(sample)
     return out
 
@@ -454,47 +390,8 @@ def config_record(
 
 
 # ---------------------------------------------------------------------------------------------
-# Ranks.
+# Devices.
 # ---------------------------------------------------------------------------------------------
-
-
-def _world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _on_rank0(function: Callable[[], Any]) -> Any:
-    """Run ``function`` on rank 0 and hand its result (or its error) to every rank."""
-    rank, world = _world()
-    if world == 1:
-        return function()
-    import torch.distributed as dist
-
-    payload: list[Any] = [None]
-    if rank == 0:
-        try:
-            payload = [("ok", function())]
-        except Exception as error:  # noqa: BLE001 - re-raised on every rank below
-            payload = [("error", error)]
-    dist.broadcast_object_list(payload, src=0)
-    kind, value = payload[0]
-    if kind == "error":
-        raise value
-    return value
-
-
-def _gather(value: Any) -> list[Any]:
-    rank, world = _world()
-    if world == 1:
-        return [value]
-    import torch.distributed as dist
-
-    values: list[Any] = [None] * world
-    dist.all_gather_object(values, value)
-    return values
 
 
 def resolve_device(device: str, precision: str) -> tuple[torch.device, torch.dtype]:
@@ -507,9 +404,7 @@ def resolve_device(device: str, precision: str) -> tuple[torch.device, torch.dty
     resolved = torch.device(device)
     if precision == "auto":
         precision = "bf16" if resolved.type == "cuda" else "fp32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
-    return resolved, PRECISIONS[precision]
+    return resolved, torch_dtype(precision)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -610,11 +505,11 @@ def reinforce(
     if options.num_augmentations < 1 or options.batch_size < 1:
         raise ValueError("num_augmentations and batch_size must be >= 1")
     started = time.perf_counter()
-    rank, world = _world()
+    rank, world = distributed.world()
     device, dtype = resolve_device(options.device, options.precision)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # pinned memory and kernels on this rank's GPU, not on GPU 0
-    precision = next(name for name, value in PRECISIONS.items() if value == dtype)
+    precision = next(name for name in PRECISIONS if torch_dtype(name) == dtype)
     specs = _teacher_specs(teachers)
     sources = storage.expand_inputs(str(source) for source in inputs)
     output = storage.Output(output_dir)
@@ -626,7 +521,7 @@ def reinforce(
         _prepare_output(output, record, options.overwrite)
         return plan, "reinforce" in (output.read_json(CONFIG) or {})
 
-    plan, config_complete = _on_rank0(check_and_start)
+    plan, config_complete = distributed.on_rank0(check_and_start)
     mine = plan.share(rank, world)
     if plan.pending or not config_complete:  # else all done: no teacher to load
         if not isinstance(teachers, TeacherEnsemble):
@@ -645,13 +540,13 @@ def reinforce(
     bar = _progress(options, rank, len(mine))
     records, images, busy = [], 0, 0.0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reinforce-read") as reader:
-        reads = [reader.submit(read_shard, source) for source, _ in mine[:1]]
+        reads = [reader.submit(storage.read_shard, source) for source, _ in mine[:1]]
         for position, (source, name) in enumerate(mine):
             read_started = time.perf_counter()
             samples = reads[position].result()  # reading the next shard overlaps this one's work
             waited = time.perf_counter() - read_started
             if position + 1 < len(mine):
-                reads.append(reader.submit(read_shard, mine[position + 1][0]))
+                reads.append(reader.submit(storage.read_shard, mine[position + 1][0]))
             if bar is not None and bar.total is None:
                 bar.total = len(samples) * len(mine)
             shard_record = _reinforce_shard(
@@ -680,7 +575,7 @@ def reinforce(
         "images_per_s": round(images / busy, 3) if busy else None,
         "records": records,
     }
-    everyone = _gather(mine_summary)
+    everyone = distributed.gather(mine_summary)
     report = ReinforceReport(config_path=output.display(CONFIG))
     report.shards = [output.display(name) for name in plan.names]
     report.resumed = sorted(plan.finished)

@@ -6,14 +6,16 @@ logits processors, a max-length stopping criterion) from transformers, in the sa
 a 2.5 s import for every ``import open_clip`` - CoCa cannot caption at all, although sampling
 (what Apple's captioner README uses) needs only a few tensor operations. These classes implement
 the same call protocol, ``processor(input_ids, scores) -> scores``, with the standard definitions;
-``mobileclip2.compat.enable_coca_sampling`` hands them to open_clip when its own import failed.
+:func:`mobileclip2.compat.coca.enable_coca_sampling` hands them to open_clip when its own import
+failed. (They live in compat because they stand in for a library open_clip imports, transformers.)
+
+Versions handled: open_clip_torch 2.24.0 - 3.3.0 (``coca_model.CoCa.generate`` calls processors as
+``processor(input_ids, scores)`` and stopping criteria as ``criteria(input_ids, scores)``).
 """
 
 from __future__ import annotations
 
 import torch
-
-from .compat.coca import Verdicts
 
 __all__ = [
     "LogitsProcessorList",
@@ -24,6 +26,13 @@ __all__ = [
     "MaxLengthCriteria",
     "StoppingCriteriaList",
 ]
+
+
+class Verdicts(tuple):
+    """Per-row stopping verdicts usable both as ``all(v)`` (open_clip >= 2.29) and ``if v:`` (older)."""
+
+    def __bool__(self) -> bool:
+        return all(self)
 
 
 class LogitsProcessorList(list):

@@ -1,4 +1,4 @@
-"""mobileclip2.generation: the sampling helpers CoCa.generate uses, checked on hand-made logits."""
+"""mobileclip2.compat.sampling: the sampling helpers CoCa.generate uses, checked on hand-made logits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mobileclip2.generation import (
+from mobileclip2.compat.sampling import (
     LogitsProcessorList,
     MaxLengthCriteria,
     MinLengthLogitsProcessor,

@@ -1,0 +1,160 @@
+"""Files that appear whole or not at all, and temporaries that only their owner's cleaner removes.
+
+Every local writer of the package (converted checkpoints, DR shards and records, export artifacts)
+goes through here, so all of them keep the same promises:
+
+* A file appears under its final name only once it is complete: it is written under a unique
+  temporary name beside the target (``mkstemp``: two writers of one target never share a file),
+  fsynced, renamed with ``os.replace`` and the folder fsynced, so the rename survives a crash too.
+* It gets the mode ``open()`` gives a new file under the process umask (``mkstemp`` and some
+  writers, safetensors' among them, create 0600 files).
+* Temporaries carry their writer in their name (``.NAME.tmp-HOST-PID-RANDOM``). A later writer
+  removes one only when it can prove the writer is gone: same host, and no process with that pid.
+  A temporary of another host (a shared file system) or of a live process is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = [
+    "PAUSE_BEFORE_REPLACE_ENV",
+    "atomic_output",
+    "default_file_mode",
+    "fsync_dir",
+    "process_alive",
+    "remove_stale_temporaries",
+    "staging_dir",
+]
+
+# Test hook for the kill tests: seconds to wait after a temporary file is complete and before it is
+# renamed into place (announced on stderr), so a test can kill the writer at that moment.
+PAUSE_BEFORE_REPLACE_ENV = "MOBILECLIP2_PAUSE_BEFORE_REPLACE"
+_TEMP_MARK = ".tmp-"
+
+
+def _host() -> str:
+    """This machine's name, reduced to characters that are safe in a file name."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def _owner() -> str:
+    return f"{_host()}-{os.getpid()}"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` runs on this machine (someone else's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner_gone(name: str, prefix: str) -> bool:
+    """True when ``name`` is a temporary ``prefix``HOST-PID-... of this host whose process is gone."""
+    if not name.startswith(prefix):
+        return False
+    host, _, rest = name[len(prefix) :].rpartition("-")[0].rpartition("-")
+    pid = rest
+    return host == _host() and pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid))
+
+
+def _temp_prefix(dst: Path) -> str:
+    return f".{dst.name}{_TEMP_MARK}"
+
+
+def remove_stale_temporaries(dst: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of ``dst`` whose writers are provably gone (see the module docs)."""
+    dst = Path(dst)
+    prefix = _temp_prefix(dst)
+    removed = []
+    if not dst.parent.is_dir():
+        return removed
+    for entry in dst.parent.iterdir():
+        if _owner_gone(entry.name, prefix):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def default_file_mode() -> int:
+    """0o666 minus the process umask: the mode ``open()`` gives a new file (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename inside ``folder`` durable (a no-op where folders cannot be opened, Windows)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def _pause_if_asked(partial: Path) -> None:
+    pause = float(os.environ.get(PAUSE_BEFORE_REPLACE_ENV) or 0)
+    if pause > 0:
+        print(f"mobileclip2: complete, not yet renamed: {partial}", file=sys.stderr, flush=True)
+        time.sleep(pause)
+
+
+@contextlib.contextmanager
+def atomic_output(dst: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new, empty temporary path beside ``dst``; when the block succeeds, it becomes ``dst``.
+
+    A writer that raises, or a process killed at any moment, leaves nothing under ``dst`` (an
+    existing ``dst`` stays as it was). Missing parent folders are created.
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(dst)
+    handle, name = tempfile.mkstemp(dir=dst.parent, prefix=f"{_temp_prefix(dst)}{_owner()}-")
+    os.close(handle)
+    partial = Path(name)
+    try:
+        yield partial
+        os.chmod(partial, default_file_mode())
+        with open(partial, "rb") as stream:
+            os.fsync(stream.fileno())
+        _pause_if_asked(partial)
+        os.replace(partial, dst)
+        fsync_dir(dst.parent)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staging_dir(dst: str | os.PathLike) -> Iterator[Path]:
+    """A private folder beside ``dst`` for a writer that prepares several files before moving them
+    into place; removed when the block ends, whatever happens (a killed writer's folder is removed
+    by the next one, as for :func:`atomic_output`)."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(dst)
+    folder = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f"{_temp_prefix(dst)}{_owner()}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

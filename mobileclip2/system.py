@@ -1,0 +1,72 @@
+"""The machine and environment as the package sees them: cores, thread counts, installed versions.
+
+One place decides how many threads a runtime gets (:func:`thread_count`): the number asked for,
+else torch's own (``torch.get_num_threads()``, which follows ``OMP_NUM_THREADS``), so PyTorch,
+ONNX Runtime, OpenVINO and ExecuTorch run with the same count unless told otherwise. Nothing here
+imports torch unless torch is already imported or a function needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+__all__ = ["PRECISIONS", "package_versions", "set_threads", "thread_count", "torch_dtype", "usable_cores"]
+
+
+# The precision names the command line takes -> torch dtype names.
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def torch_dtype(precision: str):
+    """The torch dtype of a precision name of :data:`PRECISIONS`."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return getattr(torch, PRECISIONS[precision])
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def thread_count(threads: int | None = None) -> int:
+    """``threads`` when given, else the count torch runs with in this process."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        return int(threads)
+    import torch
+
+    return torch.get_num_threads()
+
+
+def set_threads(threads: int) -> None:
+    """Run this process (and the processes it starts) with ``threads`` threads.
+
+    Sets ``OMP_NUM_THREADS`` (read by torch at import and inherited by subprocesses) and, when
+    torch is already imported, torch's own count; torch is not imported for this.
+    """
+    threads = thread_count(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def package_versions(*dists: str) -> dict[str, str]:
+    """Python, torch and each distribution's installed version, read from package metadata."""
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for dist in ("torch", *dists):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "not installed"
+    return found
