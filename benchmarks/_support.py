@@ -83,7 +83,8 @@ def cpu_copy_gbytes(megabytes: int = 256, seconds: float = 0.5) -> float:
 
     Batch-1 towers stream their weights from memory on every call (MobileCLIP2-S0's text tower:
     151 MB), so on a shared machine a neighbour's memory traffic moves them even when the cores
-    are idle: 16-18 GB/s and 2.3 GB/s were both measured on the same 2-core VM on 2026-11-30.
+    are idle: the bandwidth available to one VM can change several-fold between runs, so each
+    report states it, measured before and after.
     """
     import torch
 

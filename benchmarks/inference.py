@@ -3,11 +3,12 @@
 CPU (default): fp32, batch 1 (and more with --batches), image tower, text tower on a 12-token
 caption and on all 77 tokens, of MobileCLIP2-S0, MobileCLIP-S0 and MobileCLIP2-S4, with the
 method of mobileclip2.benchmarking (each runtime in its own worker process, alternated calls,
-median of per-round ratios, onnxruntime threads not spinning, upstream timed alone too: a group whose upstream time moves more than 10%
-is marked invalid), the image towers' GFLOP/s against this machine's dense-matmul GFLOP/s
-measured in the same run, each runtime's page faults per call, and the plugin overheads (paired
-fresh interpreters). Writes the CPU section of docs/benchmarks.md when the run has the documented
-scope and every group is valid (the section keeps the latest such run; --write-anyway records any run):
+median of per-round ratios, onnxruntime threads not spinning, upstream timed alone too: a group
+whose upstream time moves more than 10% is marked invalid), the image towers' GFLOP/s against this
+machine's dense-matmul GFLOP/s measured in the same run, each runtime's page faults per call, and
+the plugin overheads (paired fresh interpreters). Writes the CPU section of docs/benchmarks.md when
+the run has the documented scope and every group is valid (the section keeps the latest such run;
+--write-anyway records any run):
 
     nice -n -5 python benchmarks/inference.py          # the documented CPU run (see docs for its time)
     python benchmarks/inference.py --quick             # MobileCLIP2-S0 only, few rounds, no docs
@@ -151,7 +152,8 @@ def noise_gauge(results: list[bm.Measurement]) -> list[str]:
     return [
         "",
         "Noise gauge: for these runtimes `text` and `text-full` are the same work (a bidirectional tower, or "
-        f"a runtime that does not stop at the end-of-text token), so each pair should agree; here they differ by up to {spread:.0%}: "
+        "a runtime that does not stop at the end-of-text token), so each pair should agree; "
+        f"here they differ by up to {spread:.0%}: "
         + "; ".join(f"{model} {runtime} {text:.2f}x / {full:.2f}x" for model, runtime, text, full in pairs)
         + ".",
     ]
@@ -165,7 +167,11 @@ def render_cpu(results, peak, overhead, meta) -> str:
         "## Inference on CPU (fp32): upstream vs mobileclip2.optimize vs onnxruntime",
         "",
         f"Measured {meta['date']} with `{meta['command']}` in {meta['seconds']:.0f} s "
-        f"({'valid' if valid else '**INVALID: some groups failed the interference check; do not quote them**'}).",
+        + (
+            "(valid)."
+            if valid
+            else "(**INVALID: some groups failed the interference check; do not quote them**)."
+        ),
         "",
         f"- device: CPU, {meta['cpu']}, {meta['cores']} cores visible, torch threads {meta['threads']}; "
         f"load average (1, 5, 15 min) before / after: {meta['load_before']} / {meta['load_after']}; "
@@ -176,18 +182,19 @@ def render_cpu(results, peak, overhead, meta) -> str:
         "ours = `mobileclip2.optimize(model)`; onnxruntime = the reparameterized model exported to ONNX, "
         "CPU session with as many intra-op threads as torch and `session.intra_op.allow_spinning = 0`. "
         "Random weights; 256x256 images; text = a 12-token caption (start, 10 words, end) padded to 77, "
-        "text-full = 77 real tokens (worst case; `optimize` stops causal text towers at the end-of-text token, "
-        "so the caption row is where that shows).",
+        "text-full = 77 real tokens (worst case; `optimize` stops causal text towers at the end-of-text "
+        "token, so the caption row is where that shows).",
         "- isolation: each runtime is built and called in its own process (spawned worker, "
-        f"{meta['threads']} threads each, OMP_WAIT_POLICY {meta['omp_wait_policy']}; the others wait blocked on a "
-        "pipe while one is timed; the worker times "
-        "its own call, the pipe is not in the timing); before timing, each runtime's output is checked against "
+        f"{meta['threads']} threads each, OMP_WAIT_POLICY {meta['omp_wait_policy']}; the others wait "
+        "blocked on a pipe while one is timed; the worker times its own call, the pipe is not in the "
+        "timing); before timing, each runtime's output is checked against "
         f"upstream's on the same input (max abs diff <= {bm.PARITY_LIMIT:g}).",
-        f"- timing: runtimes called alternately, order rotated every round (no runtime twice in a row), {meta['rounds']}; speedup = "
-        "median over rounds of upstream time / runtime time; check = upstream's median time alone, alternated "
-        "with a twin upstream worker so its weights are as cold as among the others (half the rounds before, "
-        "half after), vs among the other runtimes, invalid beyond 10%; page faults / call = median minor page "
-        f"faults of one call, counted in each worker over {bm.FAULT_CALLS} untimed calls after the timing "
+        "- timing: runtimes called alternately, order rotated every round (no runtime twice in a row), "
+        f"{meta['rounds']}; speedup = median over rounds of upstream time / runtime time; check = upstream's "
+        "median time alone, alternated with a twin upstream worker so its weights are as cold as among the "
+        "others (half the rounds before, half after), vs among the other runtimes, invalid beyond 10%; "
+        "page faults / call = median minor page faults of one call, counted in each worker over "
+        f"{bm.FAULT_CALLS} untimed calls after the timing "
         "(a cost the machine prices: the count is stable, its price is not; '-': not countable here).",
         f"- dense fp32 matmul, same run ({meta['mm_size']}^3): torch.mm {peak['torch.mm']:.0f} GFLOP/s"
         + (
@@ -204,9 +211,10 @@ def render_cpu(results, peak, overhead, meta) -> str:
     if overhead:
         lines += [
             "",
-            f"Plugin overhead: `import open_clip` {overhead['off'] * 1e3:.0f} ms with MOBILECLIP2_AUTOLOAD=0, "
-            f"{overhead['on'] * 1e3:.0f} ms with 1 (medians of {overhead['pairs']} alternated fresh-interpreter pairs, "
-            f"median paired ratio {overhead['ratio']:.3f}x, target <= 1.05x); `mobileclip2.plugin.register()` "
+            f"Plugin overhead: `import open_clip` {overhead['off'] * 1e3:.0f} ms with "
+            f"MOBILECLIP2_AUTOLOAD=0, {overhead['on'] * 1e3:.0f} ms with 1 (medians of {overhead['pairs']} "
+            f"alternated fresh-interpreter pairs, median paired ratio {overhead['ratio']:.3f}x, "
+            "target <= 1.05x); `mobileclip2.plugin.register()` "
             f"itself takes {overhead['register'] * 1e3:.1f} ms in-process.",
         ]
     lines.append(CPU_MARKERS[1])
@@ -364,7 +372,8 @@ def gpu_rows(args, name: str, device: str, dtype: torch.dtype, sync) -> list[dic
             rows.append(
                 dict(
                     model=name, tower=tower, batch=batch, mode=mode if args.compile else "eager",
-                    up_ms=up_row.seconds * 1e3, ours_ms=ours_row.seconds * 1e3, speedup=ours_row.speedup,
+                    up_ms=up_row.seconds * 1e3, ours_ms=ours_row.seconds * 1e3,
+                    speedup=ours_row.speedup,
                     up_per_s=batch / up_row.seconds, ours_per_s=batch / ours_row.seconds,
                     ours_tflops=ours_row.gflops_per_s / 1e3, cosine=cosine, cosine_up=cosine_up,
                     valid=up_row.valid, interference=up_row.interference, warm_s=warm,
@@ -372,8 +381,9 @@ def gpu_rows(args, name: str, device: str, dtype: torch.dtype, sync) -> list[dic
             )  # fmt: skip
             r = rows[-1]
             print(
-                f"  {name} {tower} batch {batch} [{r['mode']}]: upstream {r['up_ms']:.2f} ms, ours {r['ours_ms']:.2f} ms, "
-                f"{r['speedup']:.2f}x, cos {cosine:.6f}, warm-up {warm:.0f} s, {'ok' if r['valid'] else 'INVALID'}",
+                f"  {name} {tower} batch {batch} [{r['mode']}]: upstream {r['up_ms']:.2f} ms, "
+                f"ours {r['ours_ms']:.2f} ms, {r['speedup']:.2f}x, cos {cosine:.6f}, warm-up {warm:.0f} s, "
+                f"{'ok' if r['valid'] else 'INVALID'}",
                 flush=True,
             )
         print(
@@ -397,25 +407,28 @@ def render_gpu(args, rows, meta) -> str:
         "",
         f"- device: {meta['device']}; dense {args.dtype} matmul on it, same run: {meta['peak']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
-        f"- upstream = `reparameterize_model(model).to('cuda', {args.dtype}).to(memory_format=torch.channels_last)`"
+        f"- upstream = `reparameterize_model(model).to('cuda', {args.dtype})"
+        ".to(memory_format=torch.channels_last)`"
         + (", then `torch.compile(model.visual)` / `torch.compile(model.text)`" if args.compile else "")
         + f"; ours = `mobileclip2.optimize(model, dtype=torch.{args.dtype}"
         + (", compile=mode)`" if args.compile else ")`")
         + " (folded affines, channels-last, causal text stops at the end-of-text token). Compile mode: "
-        "`default` at the large batch, `reduce-overhead` (CUDA graphs) at batch 1, unless --compile-mode says otherwise.",
-        f"- timing: alternated calls, synchronized, {args.gpu_rounds} rounds after warm-up; speedup = median of "
-        "per-round ratios; check = upstream alone vs among the others within 10%. cosine = lowest per-row cosine "
-        "of ours (and upstream) to the fp32 model's embeddings. Random weights; text = 12-token captions, "
-        "text-full = 77 tokens.",
+        "`default` at the large batch, `reduce-overhead` (CUDA graphs) at batch 1, "
+        "unless --compile-mode says otherwise.",
+        f"- timing: alternated calls, synchronized, {args.gpu_rounds} rounds after warm-up; speedup = "
+        "median of per-round ratios; check = upstream alone vs among the others within 10%. cosine = lowest "
+        "per-row cosine of ours (and upstream) to the fp32 model's embeddings. Random weights; "
+        "text = 12-token captions, text-full = 77 tokens.",
         "",
-        "| model | tower | batch | mode | upstream / s | ours / s | speedup | ours TFLOP/s | cosine ours (upstream) "
-        "| check |",
+        "| model | tower | batch | mode | upstream / s | ours / s | speedup | ours TFLOP/s "
+        "| cosine ours (upstream) | check |",
         "|---|---|---:|---|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['tower']} | {r['batch']} | {r['mode']} | {r['up_per_s']:.0f} | {r['ours_per_s']:.0f} | "
-            f"{r['speedup']:.2f}x | {r['ours_tflops']:.1f} | {r['cosine']:.6f} ({r['cosine_up']:.6f}) | "
+            f"| {r['model']} | {r['tower']} | {r['batch']} | {r['mode']} | {r['up_per_s']:.0f} | "
+            f"{r['ours_per_s']:.0f} | {r['speedup']:.2f}x | {r['ours_tflops']:.1f} | "
+            f"{r['cosine']:.6f} ({r['cosine_up']:.6f}) | "
             + ("ok" if r["valid"] else f"**invalid** ({r['interference']:+.0%})")
             + " |"
         )
@@ -428,7 +441,8 @@ def run_gpu(args) -> int:
     device = "cpu" if args.dry_run else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         print(
-            "--device cuda: no CUDA device visible to torch; use GPU_DRY_RUN / --dry-run to check the script on CPU"
+            "--device cuda: no CUDA device visible to torch; "
+            "use GPU_DRY_RUN / --dry-run to check the script on CPU"
         )
         return 2
     dtype = getattr(torch, args.dtype)
@@ -455,9 +469,10 @@ def run_gpu(args) -> int:
             rows += gpu_rows(args, name, device, dtype, sync)
         except Exception as error:  # one model failing must not lose the others' rows
             print(f"  {name}: FAILED {type(error).__name__}: {error}", flush=True)
-            rows.append(dict(model=name, tower="-", batch=0, mode=f"failed: {type(error).__name__}", up_ms=0, ours_ms=0,
-                             speedup=float("nan"), up_per_s=0, ours_per_s=0, ours_tflops=0, cosine=float("nan"),
-                             cosine_up=float("nan"), valid=False, interference=float("nan"), warm_s=0))  # fmt: skip
+            rows.append(dict(model=name, tower="-", batch=0, mode=f"failed: {type(error).__name__}",
+                             up_ms=0, ours_ms=0, speedup=float("nan"), up_per_s=0, ours_per_s=0,
+                             ours_tflops=0, cosine=float("nan"), cosine_up=float("nan"), valid=False,
+                             interference=float("nan"), warm_s=0))  # fmt: skip
         section = render_gpu(args, rows, meta)
         if not args.no_docs:
             _support.write_doc_section(Path(args.doc), *gpu_markers(args.compile), section)
@@ -492,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         "--write-anyway",
         action="store_true",
         help="CPU: write the section even for a run with an invalid group or of a narrower scope than the "
-        "documented run (by default such a run leaves the section, and the latest full valid run in it, as it is)",
+        "documented run (by default such a run leaves the section, and the latest full valid run in it, "
+        "as it is)",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

@@ -14,13 +14,13 @@ Method (mobileclip2.benchmarking): artifacts are exported once per model in this
 (model, thread count) every runtime is then built in its own worker process (ExecuTorch's
 threadpool is sized once, before the first program loads; no runtime's threads or caches touch
 another's), checked against ``upstream`` first (fp32: max abs diff, int8: cosine), then timed
-round-robin, one call each per round, order rotated every round, no runtime twice in a row (a slow spell of the shared
-machine hits all of them); ONNX Runtime runs with thread spinning off. Upstream is also timed with
-no other runtime called, alternated with a twin (upstream again, in a worker of its own: the same
-cache state as among the others), half the rounds before and half after: if its median alone and
-among the others differ by more than 10%, the (model, tower, threads) group is marked invalid. Reported: median
-ms, and the median over rounds of the per-round ratio upstream / runtime (speed-up). The results
-section of docs/benchmarks.md is rewritten by this command.
+round-robin, one call each per round, order rotated every round, no runtime twice in a row (a slow
+spell of the shared machine hits all of them); ONNX Runtime runs with thread spinning off. Upstream
+is also timed with no other runtime called, alternated with a twin (upstream again, in a worker of
+its own: the same cache state as among the others), half the rounds before and half after: if its
+median alone and among the others differ by more than 10%, the (model, tower, threads) group is
+marked invalid. Reported: median ms, and the median over rounds of the per-round ratio upstream /
+runtime (speed-up). The results section of docs/benchmarks.md is rewritten by this command.
 """
 
 from __future__ import annotations
@@ -210,18 +210,18 @@ def section(results: dict, meta: dict) -> str:
         "",
         f"Measured {meta['date']} with `{meta['command']}` (regenerates this section).",
         "",
-        f"- device: {meta['cpu']}, {meta['cores']} cores visible; `uptime` before/after: {meta['uptime_before']} / "
-        f"{meta['uptime_after']}; {bandwidth_text(meta['bandwidth'])} "
+        f"- device: {meta['cpu']}, {meta['cores']} cores visible; `uptime` before/after: "
+        f"{meta['uptime_before']} / {meta['uptime_after']}; {bandwidth_text(meta['bandwidth'])} "
         "(the machine is shared: absolute ms are noisy, ratios less so)",
         f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
-        "- method: each runtime built and called in its own process (spawned worker per runtime, model and "
-        f"thread count, OMP_WAIT_POLICY {meta['omp_wait_policy']}; the others wait blocked on a pipe while one "
-        "is timed; the worker times its own call); "
-        f"runtimes alternated, one call each per round, order rotated every round (no runtime twice in a row), {meta['rounds']} rounds "
-        "after 3 warm-up; ONNX Runtime thread spinning off; speed-up = median over rounds of upstream time / "
-        "runtime time; check = upstream's median time alone, alternated with a twin upstream worker (half the "
-        "rounds before, half after), vs among the "
-        "other runtimes, a group beyond 10% is marked invalid (do not quote it). Random weights; int8 calibrated on synthetic inputs "
+        "- method: each runtime built and called in its own process (spawned worker per runtime, model "
+        f"and thread count, OMP_WAIT_POLICY {meta['omp_wait_policy']}; the others wait blocked on a pipe "
+        "while one is timed; the worker times its own call); runtimes alternated, one call each per round, "
+        f"order rotated every round (no runtime twice in a row), {meta['rounds']} rounds after 3 warm-up; "
+        "ONNX Runtime thread spinning off; speed-up = median over rounds of upstream time / runtime time; "
+        "check = upstream's median time alone, alternated with a twin upstream worker (half the rounds "
+        "before, half after), vs among the other runtimes, a group beyond 10% is marked invalid (do not "
+        "quote it). Random weights; int8 calibrated on synthetic inputs "
         "(latency and size only; fidelity: docs/deployment.md). Every runtime is checked against upstream "
         f"before timing (fp32 max abs diff < {meta['parity_limit']:g}, int8 cosine > {INT8_FLOOR}; the check "
         f"column notes an int8 cosine below {INT8_NOTE} on the timed input).",
@@ -273,7 +273,8 @@ def _check_cell(result: dict, tower: str, runtime: str, threads: list[int]) -> s
 
 
 def _targets(name: str, result: dict, threads: list[int]) -> list[str]:
-    """The issue's targets, stated with the measured numbers (1 thread)."""
+    """The deployment targets (int8 vs fp32 speed and size, ExecuTorch fp32 vs optimize), stated with
+    this run's numbers (1 thread)."""
     t = str(threads[0])
     image = result["timing"][t]["towers"]["image"]
     out = []

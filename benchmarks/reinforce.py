@@ -62,8 +62,9 @@ def empty_section() -> str:
         "Written by `benchmarks/reinforce.py` (see its docstring for what each number is). Recipe: "
         "DataCompDR's (2 x ViT-L-14 teachers, 10 or 30 augmentations, real + 5 synthetic captions embedded, "
         "5 CoCa captions generated); the CPU row uses small teachers and is only a smoke test. "
-        "*images/s per device* is the device side (teachers, captioner), *per core* the decode + augment side "
-        "(DataLoader workers); the wall time assumes enough cores per device (the `cores/device` column).\n\n"
+        "*images/s per device* is the device side (teachers, captioner), *per core* the decode + augment "
+        "side (DataLoader workers); the wall time assumes enough cores per device (the `cores/device` "
+        "column).\n\n"
         f"{blocks}\n{SECTION_END}"
     )
 
@@ -108,13 +109,17 @@ def render(device: str, info: dict, results: dict) -> str:
         if rate is not None:
             wall = f"{DATASET_IMAGES / (DEVICES * rate) / 3600:,.1f} h"
         elif teacher is not None:  # a lower bound: the captioner only adds time
-            wall = f">= {DATASET_IMAGES / (DEVICES * teacher) / 3600:,.1f} h (teachers only; captioner {NOT_MEASURED})"
+            wall = (
+                f">= {DATASET_IMAGES / (DEVICES * teacher) / 3600:,.1f} h "
+                f"(teachers only; captioner {NOT_MEASURED})"
+            )
         else:
             wall = NOT_MEASURED
         lines.append(f"| {count} | {fmt(teacher)} | {fmt(full)} | {fmt(core)} | {fmt(cores)} | {wall} |")
     if caption_s is not None:
         lines.append(
-            f"\nCoCa: {1.0 / caption_s:,.1f} generated captions/s per device (open_clip `generate`, top-p, 30 tokens)."
+            f"\nCoCa: {1.0 / caption_s:,.1f} generated captions/s per device "
+            "(open_clip `generate`, top-p, 30 tokens)."
         )
     missing = [stage for stage in results.get("_stages", []) if stage not in results.get("_done", [])]
     if missing:
@@ -222,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu":
         results["_notes"].append(
             "CPU row: small teachers, on whatever else the machine runs; it checks the benchmark works, "
-            "it is not a throughput claim (on CPUs the text towers dominate: 12 captions x 2 teachers per image)."
+            "it is not a throughput claim "
+            "(on CPUs the text towers dominate: 12 captions x 2 teachers per image)."
         )
 
     def publish() -> None:

@@ -60,7 +60,8 @@ def render(hook: list[int], site: list[int], command: str) -> str:
             "### Interpreter start: the autoload hook",
             "",
             f"`{command}` on {platform.platform()} ({platform.processor() or platform.machine()}), "
-            f"Python {platform.python_version()}, {datetime.date.today().isoformat()}, {len(hook)} fresh interpreters.",
+            f"Python {platform.python_version()}, {datetime.date.today().isoformat()}, "
+            f"{len(hook)} fresh interpreters.",
             "",
             "| hook (median) | whole `site` start (median) | hook / start (median of per-run ratios) |",
             "|---|---|---|",

@@ -88,11 +88,12 @@ def train_command(
     module: str, args: argparse.Namespace, data: str, name: str, logs: Path, extra: list[str]
 ) -> list[str]:
     return [
-        sys.executable, "-m", module, "--model", args.student, "--train-data", data, "--dataset-type", "webdataset",
-        "--train-num-samples", str(args.batch_size * (args.steps + args.warmup_steps)), "--batch-size",
-        str(args.batch_size), "--epochs", "1", "--precision", args.precision, "--workers", str(args.workers),
-        "--log-every-n-steps", "1", "--logs", str(logs), "--name", name, "--seed", "0", "--save-frequency", "0",
-        "--lr", "1e-5", "--warmup", "0", *extra,
+        sys.executable, "-m", module, "--model", args.student, "--train-data", data,
+        "--dataset-type", "webdataset",
+        "--train-num-samples", str(args.batch_size * (args.steps + args.warmup_steps)),
+        "--batch-size", str(args.batch_size), "--epochs", "1", "--precision", args.precision,
+        "--workers", str(args.workers), "--log-every-n-steps", "1", "--logs", str(logs), "--name", name,
+        "--seed", "0", "--save-frequency", "0", "--lr", "1e-5", "--warmup", "0", *extra,
     ]  # fmt: skip
 
 
@@ -178,12 +179,13 @@ def render(args, results, reinforce_seconds, started, load_before, load_after, w
             f"{k} {v}"
             for k, v in package_versions("open_clip_torch", "timm", "webdataset", "mobileclip2").items()
         ),
-        f"- student {args.student}, batch {args.batch_size}, precision {args.precision}, --workers {args.workers}; "
-        f"teachers {args.teachers} (random weights, same compute as trained ones); "
-        f"{args.rounds} interleaved round(s) of {args.steps} measured steps after {args.warmup_steps} warm-up "
-        "step(s) per mode, median",
+        f"- student {args.student}, batch {args.batch_size}, precision {args.precision}, "
+        f"--workers {args.workers}; teachers {args.teachers} (random weights, same compute as trained ones); "
+        f"{args.rounds} interleaved round(s) of {args.steps} measured steps after {args.warmup_steps} "
+        "warm-up step(s) per mode, median",
         "- command: `" + " ".join(["python benchmarks/train_step.py", *args.argv]) + "`",
-        f"- one-time cost of making the DR shards (`mobileclip2 reinforce`, {args.num_augmentations} augmentation(s) "
+        "- one-time cost of making the DR shards "
+        f"(`mobileclip2 reinforce`, {args.num_augmentations} augmentation(s) "
         f"per image): {reinforce_seconds / args.samples:.2f} s per image",
         "",
         "| mode | what runs | s / step (median) | steps measured | vs plain |",

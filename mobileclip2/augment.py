@@ -576,7 +576,8 @@ def enabled_steps(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             )
         if name not in STEP_CLASSES:
             raise ValueError(
-                f"unknown augmentation {name!r}; known: {sorted(STEP_CLASSES)} (ignored: {sorted(IGNORED_KEYS)})"
+                f"unknown augmentation {name!r}; known: {sorted(STEP_CLASSES)} "
+                f"(ignored: {sorted(IGNORED_KEYS)})"
             )
         steps[name] = options
     if "to_tensor" not in steps:
@@ -643,7 +644,8 @@ class Augmentation:
         names = self.parameterized_steps
         if not isinstance(stored, (list, tuple)) or len(stored) != len(names):
             raise ValueError(
-                f"stored augmentation parameters {stored!r} have {len(stored) if isinstance(stored, (list, tuple)) else '?'} "
+                f"stored augmentation parameters {stored!r} have "
+                f"{len(stored) if isinstance(stored, (list, tuple)) else '?'} "
                 f"entries, but this augmentation config has {len(names)} parameterized steps {names}; "
                 "pass the --dataset-reinforcement-config the shards were generated with"
             )
@@ -655,7 +657,8 @@ class Augmentation:
             except ValueError as error:
                 raise ValueError(
                     f"stored parameters {stored!r} do not fit this augmentation config's steps {names} "
-                    f"({name}: {error}); pass the --dataset-reinforcement-config the shards were generated with"
+                    f"({name}: {error}); "
+                    "pass the --dataset-reinforcement-config the shards were generated with"
                 ) from None
         return params
 

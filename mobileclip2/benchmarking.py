@@ -9,19 +9,19 @@ or thread pool is shared between them, so one runtime cannot slow down the next 
 * ``ours``: :func:`mobileclip2.optimize`;
 * ``onnxruntime``: both towers exported to ONNX, in an onnxruntime CPU session whose intra-op
   threads do not spin after a call (``session.intra_op.allow_spinning = 0``). Spinning threads
-  keep the cores busy after ``run`` returns and made the next runtime timed look twice as slow.
+  keep the cores busy after ``run`` returns and slow down whichever runtime is timed next.
 
 Method (:func:`paired_samples`): the runtimes are called alternately (the driver asks one worker
 at a time; the others wait blocked on their pipe; each worker times its own call, so the pipe is
-not in the timing), one call each per round, the
-order rotated every round so that no runtime runs twice in a row (:func:`round_order`); each runtime's speed is the median over rounds of the per-round
-ratio ``upstream time / its time`` (a slow spell of a shared machine hits one round, not one
-runtime). The benchmark checks itself (:func:`interference_check`): upstream is also timed with
-no other runtime called in between, alternated with a twin (a second upstream worker, same
+not in the timing), one call each per round, the order rotated every round so that no runtime
+runs twice in a row (:func:`round_order`); each runtime's speed is the median over rounds of the
+per-round ratio ``upstream time / its time`` (a slow spell of a shared machine hits one round, not
+one runtime). The benchmark checks itself (:func:`interference_check`): upstream is also timed
+with no other runtime called in between, alternated with a twin (a second upstream worker, same
 model) so that its weights are as far out of cache as among the others; if its median there and
 among the others differ by more than 10%, the others disturbed it and the measurement is marked
-invalid. (Timed back to back instead, upstream found its own weights in cache and ran 10-60%
-faster on the shared test machine, which failed the check for a reason that is not interference.)
+invalid. (Timed back to back instead, upstream would find its own weights still in cache and run
+faster than among the others, failing the check for a reason that is not interference.)
 
 Text inputs are captions of ``caption_tokens`` tokens (start, words, end-of-text) padded to the
 context length, as a tokenizer gives them, plus a full-context row (77 tokens, the worst case).
@@ -106,7 +106,11 @@ def call_timer(run: Callable[[], Any], sync: Callable[[], None] = _no_sync) -> C
 
 
 def seconds_per_call(
-    run: Callable[[], Any], window: float, minimum: int = 3, sync: Callable[[], None] = _no_sync, best: bool = False
+    run: Callable[[], Any],
+    window: float,
+    minimum: int = 3,
+    sync: Callable[[], None] = _no_sync,
+    best: bool = False,
 ) -> float:
     """One warm-up call, then calls of ``run`` for ``window`` seconds (at least ``minimum``): the mean
     seconds per call (a throughput), or with ``best`` the fastest call (a peak rate, for machine
@@ -139,10 +143,9 @@ def round_order(names: Sequence[str], index: int) -> list[str]:
     """Round ``index``'s call order: the list rotated by ``index``, plain alternation for two.
 
     Every runtime takes every position equally often, and no runtime is ever called twice in a
-    row, also across rounds. Reversing every other round (the earlier order) called the first and
-    last runtimes twice in a row at each turn: those calls found their own weights still in cache,
-    and on the shared test machine (2026-11-30) a cache-warm call of the same model was 10-60%
-    faster than one after another runtime, which favoured the ends over the middle.
+    row, also across rounds: a call right after the same runtime's previous call finds its weights
+    still in cache and is markedly faster than one after another runtime, so an order that repeats
+    a runtime (reversing every other round repeats the first and last at each turn) favours it.
     """
     if len(names) <= 2:
         return list(names)
@@ -475,11 +478,11 @@ def faults_per_call(run: Callable[[], Any], calls: int) -> float | None:
 def _worker_main(recipe: Recipe, connection: Any) -> None:
     """A worker's life: set threads, build, then serve requests until told to stop.
 
-    Requests: ``("prepare", tower, inputs, is_tensor)`` -> ``("output", array)`` (one untimed call whose output
-    the driver checks); ``("time",)`` -> ``("seconds", s)`` with perf_counter around the call only;
-    ``("faults", calls)`` -> ``("faults", median minor page faults per call)``; ``None`` -> exit.
-    Any failure goes back as ``("error", traceback)``. Between requests the worker blocks in
-    ``recv`` (no spinning).
+    Requests: ``("prepare", tower, inputs, is_tensor)`` -> ``("output", array)`` (one untimed call
+    whose output the driver checks); ``("time",)`` -> ``("seconds", s)`` with perf_counter around
+    the call only; ``("faults", calls)`` -> ``("faults", median minor page faults per call)``;
+    ``None`` -> exit. Any failure goes back as ``("error", traceback)``. Between requests the worker
+    blocks in ``recv`` (no spinning).
     """
     try:
         set_threads(recipe.threads)

@@ -120,8 +120,9 @@ def summarize_mismatch(
         )
     elif fitting:
         parts.append(
-            f"This looks like a {' or '.join(fitting)} checkpoint (its tensors fit each of these exactly: same "
-            "architecture, different training and preprocessing): load it with the name it was trained as."
+            f"This looks like a {' or '.join(fitting)} checkpoint (its tensors fit each of these exactly: "
+            "same architecture, different training and preprocessing): "
+            "load it with the name it was trained as."
         )
     else:
         parts.append(

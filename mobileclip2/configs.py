@@ -25,4 +25,3 @@ def config_files() -> tuple[Path, ...]:
 def model_names() -> list[str]:
     """The open_clip names our configs define (registered where open_clip lacks them)."""
     return [path.stem for path in config_files()]
-

@@ -163,7 +163,8 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], identify: bool = 
 
 
 def convert_if_apple_v1(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The load hook (compat.add_state_dict_converter): V1 state_dicts are converted, others pass unchanged."""
+    """The load hook (compat.add_state_dict_converter): V1 state_dicts are converted, others pass
+    unchanged."""
     if not is_apple_v1(state_dict):
         return state_dict
     return convert_state_dict(state_dict, identify=False).state_dict
@@ -178,7 +179,10 @@ def describe_apple_v1(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     except CheckpointMismatchError:  # fused or foreign keys: not one of Apple's released files
         name = None
     if name is None:
-        return "The file is an Apple MobileCLIP V1 checkpoint (converted while loading) of an unrecognised architecture."
+        return (
+            "The file is an Apple MobileCLIP V1 checkpoint (converted while loading) "
+            "of an unrecognised architecture."
+        )
     return (
         f"The file is an Apple MobileCLIP V1 checkpoint of {name} (converted while loading): "
         f"load it with open_clip.create_model({name!r}, pretrained=...)."
@@ -212,8 +216,8 @@ class ConvertedCheckpoint:
 def _resolve_model_name(src: str, conversion: V1Conversion, model_name: str | None) -> str:
     if model_name is not None and conversion.model_name not in (None, model_name):
         raise CheckpointMismatchError(
-            f"{src!r} is an Apple V1 checkpoint of {conversion.model_name} (recognised by its block counts and "
-            f"widths), not of {model_name}: use the model name {conversion.model_name!r}."
+            f"{src!r} is an Apple V1 checkpoint of {conversion.model_name} (recognised by its block "
+            f"counts and widths), not of {model_name}: use the model name {conversion.model_name!r}."
         )
     resolved = model_name or conversion.model_name
     if resolved is None:

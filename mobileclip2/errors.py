@@ -85,7 +85,8 @@ class WeightsUnavailableError(MobileCLIP2Error, RuntimeError):
         super().__init__(
             f"Could not fetch pretrained weights {source!r}: {mode} ({type(cause).__name__}: {cause}). "
             f"Download it on a connected machine{_download_hint(source)}, then pass its path as "
-            "`pretrained='/path/to/file'`, or point HF_HUB_CACHE at a copy of a Hugging Face cache that holds it."
+            "`pretrained='/path/to/file'`, "
+            "or point HF_HUB_CACHE at a copy of a Hugging Face cache that holds it."
         )
 
 

@@ -95,5 +95,9 @@ def explain_mismatch(
     if model_name is None:
         model_name = " / ".join(models_fitting(model_state)) or None
     return summarize_mismatch(
-        model_state, checkpoint_state, source=source, model_name=model_name, fitting=models_fitting(checkpoint_state)
+        model_state,
+        checkpoint_state,
+        source=source,
+        model_name=model_name,
+        fitting=models_fitting(checkpoint_state),
     )

@@ -93,7 +93,9 @@ def register(force_backfill: bool = False) -> Registration:
         _OPEN_CLIP_STATE.configs_backfilled = registry.add_model_config_files(
             config_files(), replace=force_backfill
         )
-        _OPEN_CLIP_STATE.tags_backfilled = registry.add_pretrained_cfgs(pretrained_table(), replace=force_backfill)
+        _OPEN_CLIP_STATE.tags_backfilled = registry.add_pretrained_cfgs(
+            pretrained_table(), replace=force_backfill
+        )
         for kind, target in TEXT_TOWERS.items():
             text_tower.register_text_tower(kind, _lazy_builder(target))
         factory.install_factory_hooks(preprocess_defaults(), explain_mismatch)

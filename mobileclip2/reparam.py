@@ -5,7 +5,8 @@ in the image tower; RepMixer in the MCt text tower) that collapse into single co
 inference: same outputs, fewer parameters and much less latency. Each such block offers a
 ``reparameterize()`` (timm's and ours), so fusing a model is a walk over its modules, like
 ``timm.utils.reparameterize_model``. We keep our own walk because several upstream blocks break
-when fused twice (see compat.timm_layers.is_fused) and because fusing a model in training mode deserves a warning.
+when fused twice (see compat.timm_layers.is_fused) and because fusing a model in training mode
+deserves a warning.
 
 Fusing uses BatchNorm running statistics and removes the branches, so it is the step *after*
 training and *before* inference or export: a fused model can no longer be trained as before.

@@ -34,7 +34,9 @@ def image_height_width(source: Any, preprocess_cfg: dict[str, Any] | None = None
         size = source.get("vision_cfg", {}).get("image_size")
     elif size is None:
         visual = getattr(source, "visual", source)
-        size = (getattr(visual, "preprocess_cfg", None) or {}).get("size") or getattr(visual, "image_size", None)
+        size = (getattr(visual, "preprocess_cfg", None) or {}).get("size") or getattr(
+            visual, "image_size", None
+        )
     if size is None:
         from .compat.registry import vision_cfg_default
 

@@ -171,8 +171,8 @@ class TeacherEnsemble(nn.Module):
 
     def describe(self) -> str:
         return ", ".join(
-            f"{m.name}{'' if m.pretrained is None else ':' + m.pretrained} ({m.dim}-d, {m.size[0]}x{m.size[1]}, "
-            f"logit scale {m.logit_scale:.2f})"
+            f"{m.name}{'' if m.pretrained is None else ':' + m.pretrained} "
+            f"({m.dim}-d, {m.size[0]}x{m.size[1]}, logit scale {m.logit_scale:.2f})"
             for m in self.members
         )
 
@@ -214,9 +214,10 @@ class TeacherEnsemble(nn.Module):
             if got.shape != expected.shape or not torch.equal(got, expected):
                 raise TeacherError(
                     f"teacher {member.name!r} tokenizes differently from the student "
-                    f"(token shape {tuple(got.shape)} vs {tuple(expected.shape)}); online distillation feeds the "
-                    "student's tokens to every teacher. Use teachers with the student's tokenizer and context "
-                    "length, or precompute teacher embeddings with `mobileclip2 reinforce`"
+                    f"(token shape {tuple(got.shape)} vs {tuple(expected.shape)}); "
+                    "online distillation feeds the student's tokens to every teacher. "
+                    "Use teachers with the student's tokenizer and context length, "
+                    "or precompute teacher embeddings with `mobileclip2 reinforce`"
                 )
 
     def set_student_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:

@@ -81,7 +81,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     Why not ``--dist loadgroup`` with ``xdist_group`` marks: with pytest 9.2 the marks' node-id
     suffixes no longer reach the scheduler and every test is scheduled on its own (pytest-xdist
-    issue 1386): module fixtures were built on both workers and a worker was OOM-killed. This
+    issue 1386), so a module's fixtures get built on both workers, which can exhaust memory. This
     scheduler reads only the node ids, the same on every pytest version."""
     from collections import OrderedDict
 

@@ -1,5 +1,6 @@
 """The startup hook: names appear on a plain `import open_clip`, in regular (wheel) and editable
-installs (with every model config as package data), cost almost nothing at interpreter start, can be switched off, and survive a broken plugin."""
+installs (with every model config as package data), cost almost nothing at interpreter start, can
+be switched off, and survive a broken plugin."""
 
 from __future__ import annotations
 
@@ -64,7 +65,10 @@ def test_interpreter_start_runs_the_hook_and_stays_torch_free():
 
 
 def test_timm_alone_gets_backbones_through_its_own_group():
-    code = "import json, sys, timm; print(json.dumps(['mobileclip2.plugin' in sys.modules, 'open_clip' in sys.modules, timm.is_model('fastvit_mci0')]))"
+    code = (
+        "import json, sys, timm; print(json.dumps(['mobileclip2.plugin' in sys.modules, "
+        "'open_clip' in sys.modules, timm.is_model('fastvit_mci0')]))"
+    )
     proc = _python(["-c", code])
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [True, False, True]
@@ -151,7 +155,7 @@ def _clean_copy(destination: Path) -> Path:
 
 
 CONFIG_PROBE = (
-    "import json; from importlib import resources; from mobileclip2.plugin import config_files; "
+    "import json; from importlib import resources; from mobileclip2.configs import config_files; "
     "print(json.dumps([sorted(p.name for p in config_files()), "
     "sorted(e.name for e in resources.files('mobileclip2.model_configs').iterdir() "
     "if e.name.endswith('.json'))]))"
@@ -233,7 +237,7 @@ def test_open_clip_train_sees_the_names(tmp_path):
 
 
 def test_reloading_the_hook_keeps_one_finder():
-    """importlib.reload(_autoload) used to add a second finder; the two then called each other
+    """importlib.reload(_autoload) must not add a second finder: two would call each other
     (RecursionError on the next `import open_clip`)."""
     code = (
         "import importlib, json, sys; import mobileclip2._autoload as hook; "

@@ -1,5 +1,5 @@
 """Every bad input gets a clear error: a table of wrong names, tags, files, shapes, dtypes, devices,
-CLI arguments and shard contents (issue 11 §4).
+CLI arguments and shard contents.
 
 Each row: what is called, the error type, fragments saying *what is wrong* and fragments saying
 *what to do*. Library rows run in this process on tiny files; the CLI rows run in ONE subprocess
@@ -612,7 +612,8 @@ def test_train_entry_registers_the_models_itself(files):
     """`python -S -m mobileclip2.train` with autoload off: the models are registered before main runs."""
     script = (
         "import runpy, mobileclip2.train.main as m\n"
-        "m.main = lambda: print('registered', 'MobileCLIP-S0' in __import__('open_clip').list_models()) or 0\n"
+        "m.main = lambda: print('registered', "
+        "'MobileCLIP-S0' in __import__('open_clip').list_models()) or 0\n"
         "runpy.run_module('mobileclip2.train', run_name='__main__')\n"
     )
     env = {

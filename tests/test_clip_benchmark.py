@@ -24,7 +24,7 @@ pytest.importorskip("webdataset")
 
 CLASSES = ("red square", "green circle", "blue triangle")
 # clip-benchmark itself is not a test dependency: it requires `transformers`, which it does not
-# need for open_clip models and which would add ~2.5 s to every `import open_clip` of the suite.
+# need for open_clip models and which would add seconds to every `import open_clip` of the suite.
 # It is installed without dependencies into a cached target dir, together with numpy < 2.3.
 CLIP_BENCHMARK_TARGET = ("clip-benchmark-1.6.2_numpy-lt-2.3", ["clip-benchmark==1.6.2", "numpy<2.3"])
 

@@ -98,7 +98,8 @@ def test_the_full_255_token_context_fits(captioner):
 @pytest.mark.big
 def test_beam_search_without_beam_scorer_is_a_clear_error(captioner):
     """Without transformers (or with transformers 5, which removed BeamSearchScorer) open_clip
-    would refuse all generation; sampling works through mobileclip2.compat.sampling, beam search says why not."""
+    would refuse all generation; sampling works through mobileclip2.compat.sampling, beam search
+    says why not."""
     from open_clip import coca_model
 
     from mobileclip2.errors import GenerationUnavailableError

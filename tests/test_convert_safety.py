@@ -1,4 +1,4 @@
-"""`mobileclip2 convert` never loses or half-writes a file (issue 11 §2).
+"""`mobileclip2 convert` never loses or half-writes a file.
 
 One generated MobileCLIP-S0 checkpoint (conftest's s0_checkpoint, OpenCLIP format) is converted
 with ``--model MobileCLIP-S0``; the cases cover what must be refused before any work, what the

@@ -1,12 +1,12 @@
 """Every tower of every registered model runs after a whole-model cast to bf16 and fp16.
 
-Regression for MobileCLIP-S0: its MCt text tower always used open_clip's LayerNormFp32, whose
-weights must stay fp32, so ``model.to(torch.bfloat16)`` then ``encode_text`` failed ("mixed dtype").
-open_clip's own text towers use plain LayerNorm unless a cast dtype is asked for; ours now do too.
+MobileCLIP-S0 is the case to watch: an MCt text tower that always used open_clip's LayerNormFp32,
+whose weights must stay fp32, would fail ``model.to(torch.bfloat16)`` then ``encode_text`` ("mixed
+dtype"). Like open_clip's own text towers, MCt uses plain LayerNorm unless a cast dtype is asked for.
 
 Models have random weights; images are 64 px for the convolutional towers (any size works), the
-configured size for ViTs. fp16 convolutions,
-matmuls and norms run on CPU in torch 2.14, so both dtypes are tested for every name.
+configured size for ViTs. fp16 convolutions, matmuls and norms run on CPU in torch 2.14, so both
+dtypes are tested for every name.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import torch
 
 import mobileclip2
 
-# MobileCLIP-S0 (MCt text tower, the regression) runs always; each other name takes over a minute on a
-# loaded 2-core CPU (model build plus fp16 kernels), so it runs with the big models.
+# MobileCLIP-S0 (MCt text tower, the case above) runs always; each other name is slow on CPU
+# (model build plus fp16 kernels), so it runs with the big models.
 _FAST = {"MobileCLIP-S0"}
 
 
 def _names() -> list:
-    from mobileclip2.plugin import config_files
+    from mobileclip2.configs import config_files
 
     return [
         pytest.param(path.stem, marks=pytest.mark.big) if path.stem not in _FAST else path.stem
@@ -57,8 +57,8 @@ def test_whole_model_casts_run_both_towers(name):
 
 
 def test_mct_under_a_cast_precision_keeps_fp32_norms():
-    """precision='bf16' asks for a cast dtype: then MCt uses LayerNormFp32 with fp32 weights, as open_clip's own
-    text towers do, and still encodes."""
+    """precision='bf16' asks for a cast dtype: then MCt uses LayerNormFp32 with fp32 weights, as
+    open_clip's own text towers do, and still encodes."""
     import open_clip
     from open_clip.transformer import LayerNorm, LayerNormFp32
 

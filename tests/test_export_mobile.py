@@ -66,7 +66,7 @@ def test_exported_towers_hold_no_batchnorm(model):
 
 
 # ExecuTorch through the whole pipeline for MobileCLIP2-S0 only: MobileCLIP-S0's image tower is the same
-# MCi0 (each ExecuTorch image export costs 1-2 min here); its MCt text tower is lowered on its own in
+# MCi0 (an ExecuTorch image export takes minutes on CPU); its MCt text tower is lowered on its own in
 # test_executorch_lowers_mct_text_in_fp32_and_int8.
 PIPELINE_ET_MODEL = "MobileCLIP2-S0"
 
@@ -168,10 +168,7 @@ def test_executorch_lowers_mct_text_in_fp32_and_int8(calibration, tmp_path):
     programs = {"fp32": tmp_path / "text.pte", "int8": tmp_path / "text-int8.pte"}
     et.write(text_tower, example, programs["fp32"], "text")
     et.write_int8(text_tower, example, programs["int8"], "text", [captions[:3]])  # the 4th is held out
-    got = {
-        precision: run_batched(et.load(path), tokens.numpy(), 1)
-        for precision, path in programs.items()
-    }
+    got = {precision: run_batched(et.load(path), tokens.numpy(), 1) for precision, path in programs.items()}
     assert np.abs(got["fp32"] - want).max() < TOLERANCE
     cosine = cosines(got["int8"], want)
     assert cosine.min() >= INT8_MIN_COSINE, cosine

@@ -252,7 +252,8 @@ def test_bad_compile_mode_is_a_clear_error():
 def test_paired_samples_alternate_the_order():
     calls = []
     timers = {
-        name: benchmarking.call_timer(lambda name=name: calls.append(name)) for name in ("upstream", "ours", "ort")
+        name: benchmarking.call_timer(lambda name=name: calls.append(name))
+        for name in ("upstream", "ours", "ort")
     }
     samples = benchmarking.paired_samples(timers, rounds=3, warmup=0)
     assert calls == ["upstream", "ours", "ort", "ours", "ort", "upstream", "ort", "upstream", "ours"]

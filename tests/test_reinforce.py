@@ -54,9 +54,11 @@ def ws(tmp_path_factory):
 def _args(ws, inputs: str, output: str, *extra: str) -> list[str]:
     return [
         inputs, "--output", output,
-        "--teachers", f"{ws['models']['teacher_a']},{ws['models']['teacher_b']}", "--teachers-pretrained", "N/A,N/A",
+        "--teachers", f"{ws['models']['teacher_a']},{ws['models']['teacher_b']}",
+        "--teachers-pretrained", "N/A,N/A",
         "--num-augmentations", "2", "--batch-size", "2", "--seed", "7",
-        "--captioner", ws["coca"], "--num-captions", "1", "--caption-key", "syn_text_coca", "--no-progress", *extra,
+        "--captioner", ws["coca"], "--num-captions", "1", "--caption-key", "syn_text_coca",
+        "--no-progress", *extra,
     ]  # fmt: skip
 
 

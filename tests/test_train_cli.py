@@ -1,5 +1,5 @@
 """End to end, in subprocesses, a few CPU steps each (fp32; open_clip_train's default bf16 autocast
-is ~15x slower on these CPUs):
+is many times slower on CPUs without native bf16 arithmetic):
 
 * plain ``python -m open_clip_train.main`` with MobileCLIP2-S0 and MobileCLIP-S0 on webdataset
   shards, from scratch and fine-tuning from ``--pretrained`` (64 px, 16-token context: real
@@ -81,8 +81,8 @@ def test_open_clip_train_runs_mobileclip_names_unchanged(ws, model):
 def _dr_args(ws, name, epochs, extra=()):
     return [
         "--model", ws["models"]["student"], "--train-data", ws["fixed_dr"], "--train-num-samples", "8",
-        "--batch-size", "8", "--epochs", str(epochs), "--lr", "5e-5", "--warmup", "0", "--lr-scheduler", "const",
-        "--save-frequency", "0",
+        "--batch-size", "8", "--epochs", str(epochs), "--lr", "5e-5", "--warmup", "0",
+        "--lr-scheduler", "const", "--save-frequency", "0",
         "--logs", str(ws["logs"]), "--name", name, "--dataset-reinforcement",
         "--dataset-reinforcement-config", ws["fixed_config"], "--distill-average-after-softmax",
         "--distill-loss-weights", "0.5", "0.5", *COMMON, *extra,

@@ -270,7 +270,7 @@ def test_captioner_adds_synthetic_captions(ws, teachers, tmp_path):
         assert isinstance(emb["image_emb"], torch.Tensor) and not isinstance(emb["image_emb"], np.ndarray)
 
 
-# -- wrong data is never trained on silently (issue 11 §3) --------------------------------------
+# -- wrong data is never trained on silently ---------------------------------------------------
 
 
 def _resized_jpg(data: bytes, factor: float) -> bytes:
@@ -425,6 +425,7 @@ def test_loader_logs_each_epochs_skips_and_judges_them(ws, damaged_shard, tokeni
     assert "DR data, epoch 0: 11 samples read, 4 skipped: 2 stored crop box" in caplog.text
     with pytest.raises(
         DRDataError,
-        match=r"4 of 11 samples read \(36.4%\) were skipped, more than --dataset-reinforcement-max-skip-fraction 0.05",
+        match=r"4 of 11 samples read \(36.4%\) were skipped, "
+        r"more than --dataset-reinforcement-max-skip-fraction 0.05",
     ):
         list(loader(0.05))

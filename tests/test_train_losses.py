@@ -115,7 +115,8 @@ def test_dr_loss_equals_reference(dims, scales, after, weights, syn):
 
 
 def test_hand_made_two_by_two():
-    """Orthonormal pairs, scale 1: logits = identity; teacher == student so distill = entropy of softmax(I)."""
+    """Orthonormal pairs, scale 1: logits = identity; teacher == student so distill = entropy of
+    softmax(I)."""
     eye = torch.eye(2, dtype=torch.float64)
     cfg = DistillConfig(teacher_dims=(2,), teacher_scales=(1.0,))
     got = dr_clip_loss(Features(eye, eye), Features(eye, eye), torch.tensor(1.0, dtype=torch.float64), cfg)

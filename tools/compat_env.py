@@ -43,7 +43,8 @@ NEWEST_PAIR = _pins_from_setup_cfg("options.extras_require.test", "==")
 
 
 def ensure_target(name: str, requirements: list[str]) -> Path:
-    """`pip install --no-deps --target CACHE_ROOT/name *requirements` once (file-locked for parallel callers)."""
+    """`pip install --no-deps --target CACHE_ROOT/name *requirements` once (file-locked for parallel
+    callers)."""
     target = CACHE_ROOT / name
     marker = target / ".installed"
     if marker.exists():

@@ -2,9 +2,9 @@
 
 A quick, single-model version of benchmarks/inference.py (which runs the documented comparison
 across models and writes docs/benchmarks.md), with the same method (mobileclip2.benchmarking):
-each runtime in its own worker process, alternated calls, median of per-round ratios, and a self-check that marks a measurement invalid
-when the runtimes disturbed each other. Random weights unless --pretrained is given: speed does
-not depend on the weights' values.
+each runtime in its own worker process, alternated calls, median of per-round ratios, and a
+self-check that marks a measurement invalid when the runtimes disturbed each other. Random weights
+unless --pretrained is given: speed does not depend on the weights' values.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def format_rows(results) -> str:
     lines = [
-        f"{'tower':<9} {'batch':>5} {'runtime':<12} {'median ms':>10} {'GFLOP/s':>8} {'vs upstream':>11}  check"
+        f"{'tower':<9} {'batch':>5} {'runtime':<12} {'median ms':>10} {'GFLOP/s':>8} "
+        f"{'vs upstream':>11}  check"
     ]
     for r in results:
         check = "ok" if r.valid else f"INVALID ({r.interference:+.0%} upstream drift)"

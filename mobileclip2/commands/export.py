@@ -1,4 +1,5 @@
-"""`mobileclip2 export NAME --pretrained TAG|FILE --format FMT --out DIR [--int8 ...]`: one artifact per tower.
+"""`mobileclip2 export NAME --pretrained TAG|FILE --format FMT --out DIR [--int8 ...]`: one artifact
+per tower.
 
 Writes ``NAME[.int8].image<suffix>``, ``NAME[.int8].text<suffix>`` and ``NAME[.int8].<format>.json``
 (preprocessing, tokenizer, embed dim, format, precision, sizes, parity or int8 fidelity) into DIR,
@@ -32,7 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     extras = ", ".join(f"{spec.name}: pip install 'mobileclip2[{spec.extra}]'" for spec in FORMATS.values())
     parser.add_argument(
-        "--format", default="onnx", choices=list(FORMATS), help=f"output format (default onnx; installs: {extras})"
+        "--format",
+        default="onnx",
+        choices=list(FORMATS),
+        help=f"output format (default onnx; installs: {extras})",
     )
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
     int8_formats = ", ".join(spec.name for spec in FORMATS.values() if spec.int8)
@@ -68,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tolerance",
         type=float,
         default=DEFAULT_TOLERANCE,
-        help=f"max abs difference of an fp32 artifact vs PyTorch before failing (default {DEFAULT_TOLERANCE:g})",
+        help="max abs difference of an fp32 artifact vs PyTorch before failing "
+        f"(default {DEFAULT_TOLERANCE:g})",
     )
     parser.add_argument("--no-check", action="store_true", help="skip the parity / fidelity checks")
     parser.add_argument(

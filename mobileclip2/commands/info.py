@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     info = model_info(args.name)
     print(f"{info.name}  ({info.source})")
     print(
-        f"  image tower : timm {info.image_backbone} ({'native' if info.backbone_native else 'backfilled'}), {info.image_size}px"
+        f"  image tower : timm {info.image_backbone} "
+        f"({'native' if info.backbone_native else 'backfilled'}), {info.image_size}px"
     )
     print(f"  text tower  : {info.text_tower}")
     print(f"  embed dim   : {info.embed_dim}")

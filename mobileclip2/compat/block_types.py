@@ -59,6 +59,8 @@ def upstream_block_types() -> BlockTypes:
         repmixer_block_2d=_classes(f"{fv}.RepMixerBlock"),
         attention_block=_classes(f"{fv}.AttentionBlock"),
         conv_mlp=_classes(f"{fv}.ConvMlp", "timm.layers.Mlp"),
-        layer_scale=_classes(f"{fv}.LayerScale2d", "open_clip.transformer.LayerScale", "timm.layers.LayerScale"),
+        layer_scale=_classes(
+            f"{fv}.LayerScale2d", "open_clip.transformer.LayerScale", "timm.layers.LayerScale"
+        ),
         fp32_norm=_classes("open_clip.transformer.LayerNormFp32"),
     )

@@ -1,8 +1,9 @@
 """torch's DistributedDataParallel for CPU-only runs (gloo), as open_clip_train builds it.
 
-Versions handled: torch (checked 2.14) raises for ``DistributedDataParallel(module, device_ids=[cpu device])``;
-open_clip_train 3.3.0's ``main()`` passes ``device_ids=[device]`` for every device. The subclass drops
-``device_ids`` that name only CPU devices -- a call that would otherwise raise, so no working call changes.
+Versions handled: torch (checked 2.14) raises for
+``DistributedDataParallel(module, device_ids=[cpu device])``; open_clip_train 3.3.0's ``main()``
+passes ``device_ids=[device]`` for every device. The subclass drops ``device_ids`` that name only
+CPU devices -- a call that would otherwise raise, so no working call changes.
 """
 
 from __future__ import annotations

@@ -77,7 +77,8 @@ def open_clip_train_main_module():
         from open_clip_train import main as train_main
     except ImportError as error:
         raise ImportError(
-            "mobileclip2.train runs open_clip_train's loop, which ships with open_clip_torch (checked with 3.3.0); "
+            "mobileclip2.train runs open_clip_train's loop, which ships with open_clip_torch "
+            "(checked with 3.3.0); "
             f"`import open_clip_train` failed: {error}"
         ) from error
     missing = [
@@ -87,8 +88,8 @@ def open_clip_train_main_module():
         missing.append("get_data(args, preprocess_fns, epoch=, tokenizer=)")
     if missing:
         raise RuntimeError(
-            f"open_clip_train.main lacks {missing}; mobileclip2.train was written against open_clip_train 3.3.0, "
-            f"installed open_clip is {open_clip_version()}"
+            f"open_clip_train.main lacks {missing}; mobileclip2.train was written against "
+            f"open_clip_train 3.3.0, installed open_clip is {open_clip_version()}"
         )
     return train_main
 

@@ -3,7 +3,7 @@
 open_clip 2.24-3.3 import its sampling helpers (top-p/top-k warpers, min-length and repetition
 logits processors, a max-length stopping criterion) from transformers, in the same try-block as
 ``BeamSearchScorer``, which transformers 5 removed. With transformers 5 - or without transformers,
-a 2.5 s import for every ``import open_clip`` - CoCa cannot caption at all, although sampling
+a multi-second import for every ``import open_clip`` - CoCa cannot caption at all, although sampling
 (what Apple's captioner README uses) needs only a few tensor operations. These classes implement
 the same call protocol, ``processor(input_ids, scores) -> scores``, with the standard definitions;
 :func:`mobileclip2.compat.coca.enable_coca_sampling` hands them to open_clip when its own import

@@ -42,7 +42,8 @@ _TEXT_TOWER_BUILDERS: dict[str, Callable[..., Any]] = {}
 
 
 def register_text_tower(kind: str, builder: Callable[..., Any]) -> None:
-    """Make ``text_cfg = {"text_tower": kind, ...}`` build with ``builder(embed_dim, text_cfg, quick_gelu, cast_dtype)``."""
+    """Make ``text_cfg = {"text_tower": kind, ...}`` build with
+    ``builder(embed_dim, text_cfg, quick_gelu, cast_dtype)``."""
     from open_clip import model as open_clip_model
 
     upstream_registry = getattr(open_clip_model, "register_text_tower", None)
@@ -60,7 +61,8 @@ def register_text_tower(kind: str, builder: Callable[..., Any]) -> None:
             return original(embed_dim, text_cfg, quick_gelu, cast_dtype)
         if kind not in _TEXT_TOWER_BUILDERS:
             raise ValueError(
-                f"text_cfg asks for text tower {kind!r}, but only {sorted(_TEXT_TOWER_BUILDERS)} are registered"
+                f"text_cfg asks for text tower {kind!r}, "
+                f"but only {sorted(_TEXT_TOWER_BUILDERS)} are registered"
             )
         return _TEXT_TOWER_BUILDERS[kind](embed_dim, dict(text_cfg), quick_gelu, cast_dtype)
 

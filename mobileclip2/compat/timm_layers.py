@@ -67,7 +67,8 @@ def take_indices(num_features: int, indices: int | list[int] | None) -> tuple[li
 
 
 def vit_has_forward_intermediates() -> bool:
-    """Whether timm's VisionTransformer supports ``features_only`` (``forward_intermediates``, timm >= 1.0)."""
+    """Whether timm's VisionTransformer supports ``features_only`` (``forward_intermediates``,
+    timm >= 1.0)."""
     from timm.models.vision_transformer import VisionTransformer
 
     return hasattr(VisionTransformer, "forward_intermediates")

@@ -166,7 +166,8 @@ def check_fidelity(label: str, report: dict[str, Any], min_cosine: float | None)
         if summary is not None and not summary["mean"] >= min_cosine:
             raise ExportParityError(
                 f"{label}: int8 embeddings reach a mean cosine of {summary['mean']:.4f} to fp32 on the "
-                f"{split.replace('_', '-')} set ({summary['count']} inputs), below the threshold {min_cosine}. "
+                f"{split.replace('_', '-')} set ({summary['count']} inputs), "
+                f"below the threshold {min_cosine}. "
                 "Calibrate on more representative images/captions, or export fp32 (drop --int8). Nothing "
                 "was written under the final names."
             )
@@ -182,7 +183,8 @@ def check_agreement(names: dict[str, str], agreement: dict[str, Any], min_agreem
         if not value >= min_agreement:
             what = names[label] if label in names else f"{names['image']} with {names['text']}"
             raise ExportParityError(
-                f"{what}: zero-shot top-1 agreement with fp32 is {value:.1%} over {agreement['images']} images and "
+                f"{what}: zero-shot top-1 agreement with fp32 is {value:.1%} "
+                f"over {agreement['images']} images and "
                 f"{agreement['labels']} labels, below the threshold {min_agreement:.0%} (--min-agreement). "
                 "Calibrate on more representative images/captions, or export fp32 (drop --int8). Nothing "
                 "was written under the final names."

@@ -8,7 +8,8 @@ module must be in eval mode, or the exporter's mode restore flips it to training
 
 int8: ``quant_pre_process`` (shape inference and graph optimization, as ONNX Runtime recommends),
 then ``quantize_static`` in QDQ format with per-channel int8 weights and uint8 activations
-(U8S8). S8S8 measured much slower here; dynamic quantization leaves convolutions in fp32.
+(U8S8): ONNX Runtime's x86 CPU kernels run S8S8 much slower; dynamic quantization leaves
+convolutions in fp32.
 """
 
 from __future__ import annotations

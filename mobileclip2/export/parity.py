@@ -32,7 +32,8 @@ def cosines(got: np.ndarray, want: np.ndarray) -> np.ndarray:
 
 
 def run_batched(runner: Runner, inputs: np.ndarray, batch: int | None) -> np.ndarray:
-    """Run ``runner`` over ``inputs`` in chunks of ``batch`` (None: all at once; 1 for fixed-batch artifacts)."""
+    """Run ``runner`` over ``inputs`` in chunks of ``batch`` (None: all at once; 1 for fixed-batch
+    artifacts)."""
     if batch is None:
         return runner(inputs)
     return np.concatenate([runner(inputs[i : i + batch]) for i in range(0, len(inputs), batch)])
@@ -43,7 +44,8 @@ def check_max_abs_diff(label: str, got: np.ndarray, want: np.ndarray, tolerance:
     diff = max_abs_diff(got, want)
     if tolerance is not None and not diff <= tolerance:
         raise ExportParityError(
-            f"{label}: the exported artifact and PyTorch differ by up to {diff:.3g} (tolerance {tolerance:g}) "
+            f"{label}: the exported artifact and PyTorch differ by up to {diff:.3g} "
+            f"(tolerance {tolerance:g}) "
             f"on {len(want)} inputs. Nothing was written under the final names; please report this with "
             "your torch and exporter versions (`mobileclip2 info`)."
         )

@@ -172,7 +172,9 @@ def export_loaded(
         modules: dict[str, nn.Module] = {}
         for tower in TOWERS:
             int32 = tower == "text" and spec.int32_tokens
-            module = modules[tower] = tower_module(model, tower, normalize, widen_tokens=int32 and spec.widen_tokens)
+            module = modules[tower] = tower_module(
+                model, tower, normalize, widen_tokens=int32 and spec.widen_tokens
+            )
             example = geo.example(tower, batch=1)
             example = example.int() if int32 else example
             path = staging / names[tower]
@@ -207,7 +209,9 @@ def export_loaded(
                         record.max_abs_diff = check_max_abs_diff(names[tower], got, want, tolerance)
                     else:  # reduced-precision compute is judged like int8, by cosine
                         record.fidelity = {"random_inputs": calib.cosine_summary(got, want)}
-                        calib.check_fidelity(names[tower], {"calibration": record.fidelity["random_inputs"]}, min_cosine)
+                        calib.check_fidelity(
+                            names[tower], {"calibration": record.fidelity["random_inputs"]}, min_cosine
+                        )
             towers[tower] = record
         fidelity = None
         if int8 and check:

@@ -1,7 +1,7 @@
 """The JSON sidecar written next to the artifacts: everything an app needs to feed them.
 
 Preprocessing (size, mean/std, interpolation, resize mode), tokenizer settings, embed dim, logit
-scale, and now format, precision, file sizes, parity (fp32) or fidelity (int8) and the versions
+scale, format, precision, file sizes, parity (fp32) or fidelity (int8) and the versions
 that produced it. Its presence under the final name means the export completed and passed its checks
 (it is moved into place last; :mod:`mobileclip2.export.pipeline`).
 """

@@ -3,7 +3,7 @@
 ``optimize(model)`` returns a copy of an open_clip CLIP model that computes the same embeddings
 (within 1e-4 of the unfused fp32 model in fp32, checked in tests/test_optimize.py) faster, with
 the same ``encode_image`` / ``encode_text`` / ``forward`` interface. The steps, each kept because
-it measured faster (docs/benchmarks.md holds the numbers and what was tried and dropped):
+it makes inference faster (docs/benchmarks.md has the timings, and what was tried and dropped):
 
 1. **Reparameterize** (:func:`mobileclip2.reparameterize`): the training-time multi-branch blocks
    become single convolutions.
@@ -22,7 +22,8 @@ it measured faster (docs/benchmarks.md holds the numbers and what was tried and 
    (chosen for the shapes a batch-1 probe sees), GELU fused into the layer before it, residual
    adds fused into the output projections of the text transformer and the last 1x1 conv of each
    FastViT-MCi block's MLP, grouped convs with a channel multiplier run as depthwise convs
-   (oneDNN's generic grouped kernel was ~5x slower on them), images taken channels-last,
+   (oneDNN runs depthwise convs in a dedicated kernel and grouped ones in a generic one that is
+   several times slower), images taken channels-last,
    attention in SDPA.
 5. **Other devices / dtypes** (``dtype=``, ``channels_last=``, ``compile=``): cast to bf16/fp16
    (open_clip's ``LayerNormFp32`` keeps fp32 weights, as it computes in fp32), channels-last

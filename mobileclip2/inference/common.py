@@ -65,13 +65,11 @@ def conv_like(
     return rebuilt
 
 
-
 def replaceable_children(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Module]]:
     """(parent, attribute name, child) for every submodule, parents before children."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             yield parent, name, child
-
 
 
 class ImageInput(nn.Module):

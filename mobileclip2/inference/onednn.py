@@ -67,8 +67,9 @@ class OneDNNConv2d(nn.Module):
         self.groups = conv.groups
         self.out_channels = conv.out_channels
         # oneDNN picks the weight layout for an input shape; without one it assumes a large
-        # spatial size, which is ~60x slower on MCi's 8x8 attention stages. Layouts chosen for
-        # batch 1 measured as fast as batch-specific ones at batch 32.
+        # spatial size, a layout that is many times slower on the small (8x8) maps of MCi's
+        # attention stages. A layout chosen for batch 1 runs larger batches as fast as one chosen
+        # for them, so the batch-1 probe is enough.
         self.packed_weight = torch_ops.reorder_conv_weight(
             conv.weight.detach(), self.padding, self.stride, self.dilation, self.groups, input_size
         )
@@ -105,11 +106,10 @@ class ExpandedDepthwise(nn.Module):
     depthwise conv over the input with every channel repeated ``multiplier`` times.
 
     Output channel ``j`` sees input channel ``j // multiplier`` with weight ``j`` in both forms:
-    the same arithmetic. oneDNN runs the depthwise form in its depthwise kernel but the
-    multiplier form in a generic grouped kernel that pads each group to 16x16 channels (on
-    MobileCLIP2-S0 the four such convs took 4.6 ms of a ~45 ms image forward, oneDNN verbose);
-    the whole tower measured 1.04x faster with this at 2 threads, 1.31x at 1 thread
-    (docs/benchmarks.md). The repeat is one copy of the (small) input.
+    the same arithmetic. oneDNN runs the depthwise form in its dedicated depthwise kernel but the
+    multiplier form in a generic grouped kernel that pads each group to 16x16 channels, several
+    times slower for these shapes. The repeat costs one copy of the (small) input, much less than
+    the padded kernel.
     """
 
     def __init__(self, conv: nn.Conv2d):

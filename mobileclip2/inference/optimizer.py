@@ -89,7 +89,7 @@ def optimize(
             has the ops; ``True`` insists and raises if that is impossible; ``False`` skips them.
         compile: ``torch.compile`` each tower: ``True`` (mode ``"default"``) or a mode name;
             ``"reduce-overhead"`` adds CUDA graphs (small batches on CUDA). Does not compose with
-            oneDNN layers; on CPU it measured no faster than them (docs/benchmarks.md).
+            oneDNN layers, and on CPU is no faster than they are (so they are the CPU default).
         truncate_text: step 3 (causal text towers stop at the end-of-text token).
         inplace: modify ``model`` itself instead of a deep copy.
 
@@ -126,7 +126,8 @@ def optimize(
         raise ValueError(
             "optimize(onednn=True) needs a float32 model on CPU and a torch build with oneDNN (mkldnn); "
             f"got parameters on {sorted({str(p.device) for p in model.parameters()})} of dtype "
-            f"{sorted({str(p.dtype) for p in model.parameters()})}, oneDNN ops available: {onednn_available()}. "
+            f"{sorted({str(p.dtype) for p in model.parameters()})}, "
+            f"oneDNN ops available: {onednn_available()}. "
             "Pass onednn=False to optimize for another device or dtype."
         )
     if onednn:

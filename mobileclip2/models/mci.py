@@ -881,7 +881,9 @@ def layer_scale_key(key: str) -> str:
 
 def _stage_ends(keys: Iterable[str]) -> list[int]:
     """Indices of the downsampling PatchEmbeds in the flat ``network`` list: the stage boundaries."""
-    return sorted({int(match.group(1)) for key in keys if (match := re.match(r"network\.(\d+)\.proj\.", key))})
+    return sorted(
+        {int(match.group(1)) for key in keys if (match := re.match(r"network\.(\d+)\.proj\.", key))}
+    )
 
 
 def _timm_stage_key(key: str, stage_ends: list[int]) -> str:
@@ -923,7 +925,9 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
         if prefix + _TIMM_SENTINEL in state_dict:
             return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if any(key.startswith(APPLE_IMAGE_PREFIX) for key in state_dict):
-        trunk = {k[len(APPLE_IMAGE_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(APPLE_IMAGE_PREFIX)}
+        trunk = {
+            k[len(APPLE_IMAGE_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(APPLE_IMAGE_PREFIX)
+        }
         return {key: value for key, (_, value) in from_apple_layout(trunk).items()}
     raise ValueError(
         f"Checkpoint is neither in timm's FastViT layout (no {_TIMM_SENTINEL!r}) nor Apple's MobileCLIP "
@@ -991,15 +995,45 @@ _MOBILECLIP_TAG = dict(
     first_conv=("stem.0.conv_kxk.0.conv", "stem.0.conv_scale.conv"),
 )
 _MOBILECLIP2_TAG = dict(
-    num_classes=768, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, pool_size=(4, 4), first_conv="stem.0.conv_kxk.0.conv"
+    num_classes=768,
+    mean=OPENAI_CLIP_MEAN,
+    std=OPENAI_CLIP_STD,
+    pool_size=(4, 4),
+    first_conv="stem.0.conv_kxk.0.conv",
 )
 default_cfgs = generate_default_cfgs(
     {
-        f"{variant}.{tag}": {**_TAG_BASE, **generation, **apple_release_source(release, hub_id), "crop_pct": crop}
+        f"{variant}.{tag}": {
+            **_TAG_BASE,
+            **generation,
+            **apple_release_source(release, hub_id),
+            "crop_pct": crop,
+        }
         for variant, tag, generation, crop, release, hub_id in (
-            ("fastvit_mci0", "apple_mclip", _MOBILECLIP_TAG, 0.95, "mobileclip_s0", "apple/mobileclip_s0_timm"),
-            ("fastvit_mci1", "apple_mclip", _MOBILECLIP_TAG, 0.95, "mobileclip_s1", "apple/mobileclip_s1_timm"),
-            ("fastvit_mci2", "apple_mclip", _MOBILECLIP_TAG, 0.95, "mobileclip_s2", "apple/mobileclip_s2_timm"),
+            (
+                "fastvit_mci0",
+                "apple_mclip",
+                _MOBILECLIP_TAG,
+                0.95,
+                "mobileclip_s0",
+                "apple/mobileclip_s0_timm",
+            ),
+            (
+                "fastvit_mci1",
+                "apple_mclip",
+                _MOBILECLIP_TAG,
+                0.95,
+                "mobileclip_s1",
+                "apple/mobileclip_s1_timm",
+            ),
+            (
+                "fastvit_mci2",
+                "apple_mclip",
+                _MOBILECLIP_TAG,
+                0.95,
+                "mobileclip_s2",
+                "apple/mobileclip_s2_timm",
+            ),
             ("fastvit_mci0", "apple_mclip2_dfndr2b", _MOBILECLIP_TAG, 1.0, None, "timm/"),
             ("fastvit_mci2", "apple_mclip2_dfndr2b", _MOBILECLIP_TAG, 0.95, None, "timm/"),
             ("fastvit_mci3", "apple_mclip2_dfndr2b", _MOBILECLIP2_TAG, 0.95, None, "timm/"),

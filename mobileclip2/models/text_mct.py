@@ -316,7 +316,8 @@ class MCtTextEncoder(nn.Module):
         self.init_parameters()
 
     def init_parameters(self) -> None:
-        """open_clip's token-embedding and projection init, Apple's for the positions (the rest: torch defaults)."""
+        """open_clip's token-embedding and projection init, Apple's for the positions (the rest: torch
+        defaults)."""
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.trunc_normal_(self.positional_embedding, std=self.width**-0.5)
         nn.init.normal_(self.text_projection, std=self.width**-0.5)

@@ -74,7 +74,8 @@ class ConvStemEmbed(nn.Module):
         super().__init__()
         if to_2tuple(patch_size) != (1, 1):
             raise ValueError(
-                f"the conv stem emits the tokens itself (no projection): patch_size must be 1, got {patch_size}"
+                "the conv stem emits the tokens itself (no projection): "
+                f"patch_size must be 1, got {patch_size}"
             )
         self.in_chans = in_chans
         # "gelu" by name: timm 0.9's BatchNormAct2d passes inplace= to its act, which nn.GELU rejects.
@@ -211,7 +212,9 @@ def checkpoint_filter_fn(
     """timm's ViT filter (OpenCLIP trunk prefixes, position-embedding resize), after converting
     Apple's original MobileCLIP layout as timm's own filter does."""
     if APPLE_IMAGE_PREFIX + APPLE_SENTINEL in state_dict:
-        trunk = {k[len(APPLE_IMAGE_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(APPLE_IMAGE_PREFIX)}
+        trunk = {
+            k[len(APPLE_IMAGE_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(APPLE_IMAGE_PREFIX)
+        }
         state_dict = {key: value for key, (_, value) in from_apple_layout(trunk).items()}
     return _vit_checkpoint_filter_fn(state_dict, model, interpolation=interpolation, antialias=antialias)
 

@@ -77,7 +77,6 @@ DEFAULT_AUGMENTATION = {
 }
 
 
-
 @dataclass
 class ReinforceOptions:
     num_augmentations: int = 10
@@ -613,7 +612,8 @@ def summary_lines(report: ReinforceReport) -> list[str]:
     """The final summary a person reads: shards, samples, skips with reasons, images/s per device."""
     skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(report.skipped.items())) or "none"
     lines = [
-        f"{len(report.shards)} shards: {len(report.written)} written, {len(report.resumed)} already finished; "
+        f"{len(report.shards)} shards: {len(report.written)} written, "
+        f"{len(report.resumed)} already finished; "
         f"{report.samples} samples written, skipped: {skipped}; {report.seconds:.1f} s",
     ]
     for device in report.devices:

@@ -9,11 +9,12 @@ Example (Apple's MobileCLIP2 teachers; DataCompDR used 30 augmentations per imag
 
 Many GPUs / nodes (every rank takes its share of the shards; same flags):
 
-    torchrun --nproc-per-node 8 --nnodes 2 ... -m mobileclip2.reinforce 's3://bucket/data/{00000..09999}.tar' \\
-        --output s3://bucket/data-dr ...
+    torchrun --nproc-per-node 8 --nnodes 2 ... -m mobileclip2.reinforce \\
+        's3://bucket/data/{00000..09999}.tar' --output s3://bucket/data-dr ...
 
-A rerun with the same arguments resumes (finished shards are kept); then train with ``python -m mobileclip2.train --dataset-reinforcement
---dataset-reinforcement-config data-dr/config.json --train-data 'data-dr/{00000..00099}.tar' ...``.
+A rerun with the same arguments resumes (finished shards are kept); then train with
+``python -m mobileclip2.train --dataset-reinforcement --dataset-reinforcement-config
+data-dr/config.json --train-data 'data-dr/{00000..00099}.tar' ...``.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--aug-config",
         default=None,
-        help="augmentation config: JSON text or a .json file, Apple's format (default: DataCompDR's RandAugment + "
-        "RandomResizedCrop at the largest teacher size)",
+        help="augmentation config: JSON text or a .json file, Apple's format (default: DataCompDR's "
+        "RandAugment + RandomResizedCrop at the largest teacher size)",
     )
     parser.add_argument(
         "--captioner", default=None, help="open_clip CoCa model to generate synthetic captions with"
@@ -190,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mobileclip2.reinforce`` (and under torchrun): the same flags as ``mobileclip2 reinforce``."""
+    """``python -m mobileclip2.reinforce`` (and under torchrun): the same flags as
+    ``mobileclip2 reinforce``."""
     parser = argparse.ArgumentParser(prog="python -m mobileclip2.reinforce", description=HELP)
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -98,7 +98,8 @@ def plan_run(sources: Sequence[str], output: Output, request: Mapping[str, Any],
         if present:
             raise ReinforceOutputError(
                 f"{len(present)} output shards already exist in {output.url} without a reinforce config.json "
-                f"(e.g. {present[0]!r}); they were not made by `mobileclip2 reinforce`, so nothing can be resumed. "
+                f"(e.g. {present[0]!r}); they were not made by `mobileclip2 reinforce`, "
+                "so nothing can be resumed. "
                 "Choose another --output or pass --overwrite to replace them"
             )
         return plan
@@ -119,7 +120,8 @@ def plan_run(sources: Sequence[str], output: Output, request: Mapping[str, Any],
             continue
         if record.get("input") != source:
             raise ReinforceOutputError(
-                f"output shard {name!r} was made from {record.get('input')!r}, this run reads it from {source!r}; "
+                f"output shard {name!r} was made from {record.get('input')!r}, "
+                f"this run reads it from {source!r}; "
                 "use the same inputs to resume, or --overwrite"
             )
         if output.size(name) == record.get("bytes"):

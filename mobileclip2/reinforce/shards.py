@@ -68,7 +68,9 @@ def synthetic_captions(sample: Mapping[str, Any]) -> dict[str, list[str]]:
     stored = _json(sample["syn.json"])
     if not isinstance(stored, dict):
         raise ValueError("syn.json is not a JSON object")
-    return {key: [value] if isinstance(value, str) else [str(v) for v in value] for key, value in stored.items()}
+    return {
+        key: [value] if isinstance(value, str) else [str(v) for v in value] for key, value in stored.items()
+    }
 
 
 def encode_synthetic_captions(captions: Mapping[str, Sequence[str]]) -> bytes:
@@ -116,8 +118,12 @@ def decode_embeddings(sample: Mapping[str, Any]) -> dict[str, np.ndarray | torch
         with np.load(io.BytesIO(sample["npz"]), allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     if "pth.gz" in sample:
-        stored = torch.load(io.BytesIO(gzip.decompress(sample["pth.gz"])), map_location="cpu", weights_only=True)
+        stored = torch.load(
+            io.BytesIO(gzip.decompress(sample["pth.gz"])), map_location="cpu", weights_only=True
+        )
         if not isinstance(stored, Mapping):
-            raise DRDataError(f"pth.gz of sample {sample.get('__key__')!r} holds {type(stored).__name__}, not a dict")
+            raise DRDataError(
+                f"pth.gz of sample {sample.get('__key__')!r} holds {type(stored).__name__}, not a dict"
+            )
         return dict(stored)
     raise DRDataError(f"sample {sample.get('__key__')!r} has no stored embeddings (npz or pth.gz)")

@@ -114,7 +114,8 @@ def read_samples(stream: IO[bytes]) -> list[dict[str, Any]]:
 
 
 def write_samples(stream: IO[bytes], samples: Iterable[Mapping[str, Any]]) -> None:
-    """Samples (bytes values, ``__key__``) as a tar stream; fixed metadata, so equal samples give equal bytes."""
+    """Samples (bytes values, ``__key__``) as a tar stream; fixed metadata, so equal samples give
+    equal bytes."""
     with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for sample in samples:
             for extension, value in sample.items():

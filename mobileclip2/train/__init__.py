@@ -73,7 +73,8 @@ def check_webdataset(version_of: Callable[[str], str | None] = _installed_versio
     open_clip = version_of("open_clip_torch") or "0"
     if _release(webdataset) >= (1,) and _release(open_clip) <= OPEN_CLIP_TRAIN_WDS_0_2_UNTIL:
         raise DependencyVersionError(
-            f"webdataset {webdataset} is installed, but open_clip_train {open_clip} was written for webdataset "
-            f"0.2.x: with webdataset >= 1.0 its loader fails with KeyError: 'fname'. Install a version it "
+            f"webdataset {webdataset} is installed, but open_clip_train {open_clip} was written for "
+            "webdataset 0.2.x: with webdataset >= 1.0 its loader fails with KeyError: 'fname'. "
+            "Install a version it "
             f"works with: {install}"
         )

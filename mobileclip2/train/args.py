@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset-reinforcement",
         action="store_true",
         default=False,
-        help="Read augmentation parameters, synthetic captions and teacher embeddings from the (webdataset) train shards.",
+        help="Read augmentation parameters, synthetic captions and teacher embeddings from the (webdataset) "
+        "train shards.",
     )
     group.add_argument(
         "--dataset-reinforcement-config",
@@ -43,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset-reinforcement-mix-synthetic",
         action="store_true",
         default=False,
-        help="Use one caption per image: the synthetic one with probability --dataset-reinforcement-mix-synthetic-ratio, "
-        "else the real one (no separate synthetic-caption loss).",
+        help="Use one caption per image: the synthetic one with probability "
+        "--dataset-reinforcement-mix-synthetic-ratio, else the real one "
+        "(no separate synthetic-caption loss).",
     )
     group.add_argument(
         "--dataset-reinforcement-mix-synthetic-ratio",
@@ -90,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         nargs="+",
         default=[-1],
-        help="Embedding width of each ensemble member, in order (-1: one teacher, or the widths recorded in the DR config).",
+        help="Embedding width of each ensemble member, in order (-1: one teacher, or the widths recorded "
+        "in the DR config).",
     )
     group.add_argument(
         "--distill-average-after-softmax",
@@ -103,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         default=None,
-        help="Teacher logit scale(s), one per member or one for all (Apple: 100 for DataCompDR, 70 60 for DFNDR). "
+        help="Teacher logit scale(s), one per member or one for all "
+        "(Apple: 100 for DataCompDR, 70 60 for DFNDR). "
         "Default: the teachers' own (online), or those recorded in the DR config.",
     )
     return parser
@@ -119,16 +123,16 @@ def validate(args: argparse.Namespace) -> None:
     online = args.distill_model is not None or args.distill_pretrained is not None
     if online and (args.distill_model is None or args.distill_pretrained is None):
         raise TrainArgsError(
-            "online distillation needs both --distill-model and --distill-pretrained (comma lists for an ensemble; "
-            "N/A for hf-hub:/local-dir: names)"
+            "online distillation needs both --distill-model and --distill-pretrained "
+            "(comma lists for an ensemble; N/A for hf-hub:/local-dir: names)"
         )
     if not (args.dataset_reinforcement or online):
         return
     if args.dataset_reinforcement:
         if not args.dataset_reinforcement_config:
             raise TrainArgsError(
-                "--dataset-reinforcement needs --dataset-reinforcement-config (the config.json written next to the "
-                "shards by `mobileclip2 reinforce`, or Apple's configs/datacompdr*.json)"
+                "--dataset-reinforcement needs --dataset-reinforcement-config (the config.json written next "
+                "to the shards by `mobileclip2 reinforce`, or Apple's configs/datacompdr*.json)"
             )
         if args.dataset_type not in ("webdataset", "auto"):
             raise TrainArgsError(
@@ -140,12 +144,14 @@ def validate(args: argparse.Namespace) -> None:
             raise TrainArgsError("--dataset-reinforcement-mix-synthetic-ratio must be in [0, 1]")
         if not 0.0 <= args.dataset_reinforcement_max_skip_fraction <= 1.0:
             raise TrainArgsError(
-                f"--dataset-reinforcement-max-skip-fraction must be in [0, 1] (a fraction of the samples read), "
+                "--dataset-reinforcement-max-skip-fraction must be in [0, 1] "
+                "(a fraction of the samples read), "
                 f"got {args.dataset_reinforcement_max_skip_fraction:g}"
             )
     if len(args.distill_loss_weights) != 2:
         raise TrainArgsError(
-            f"--distill-loss-weights takes two numbers [contrastive, distill], got {args.distill_loss_weights}"
+            "--distill-loss-weights takes two numbers [contrastive, distill], "
+            f"got {args.distill_loss_weights}"
         )
     unsupported = {
         "--siglip": args.siglip,
@@ -171,7 +177,8 @@ def resolve_teacher_dims(flag: Sequence[int], recorded: Sequence[int] | None, wi
             )
         if recorded is not None and list(recorded) != flag:
             raise TrainArgsError(
-                f"--distill-teacher-dimension {flag} contradicts the DR config's teacher widths {list(recorded)}"
+                f"--distill-teacher-dimension {flag} contradicts the DR config's teacher widths "
+                f"{list(recorded)}"
             )
         return flag
     if recorded is not None:

@@ -34,7 +34,8 @@ class StepChannel:
         """The last ``count`` payloads, oldest first."""
         if count > len(self._payloads):
             raise RuntimeError(
-                f"the loss needs the payloads of the last {count} batches but only {len(self._payloads)} arrived; "
+                f"the loss needs the payloads of the last {count} batches "
+                f"but only {len(self._payloads)} arrived; "
                 "was the training data built by mobileclip2.train (python -m mobileclip2.train)?"
             )
         return list(self._payloads)[-count:]

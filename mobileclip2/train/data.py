@@ -152,8 +152,8 @@ def check_stored_crop(
         top, left, crop_h, crop_w = (int(v) for v in box)
         if top < 0 or left < 0 or top + crop_h > height or left + crop_w > width:
             raise CropMismatchError(
-                f"stored {step.name} box [top {top}, left {left}, height {crop_h}, width {crop_w}] reaches outside "
-                f"the decoded {height}x{width} image"
+                f"stored {step.name} box [top {top}, left {left}, height {crop_h}, width {crop_w}] "
+                f"reaches outside the decoded {height}x{width} image"
             )
         scale = getattr(step, "scale", None)
         if (
@@ -162,8 +162,9 @@ def check_stored_crop(
             and (crop_h + 1) * (crop_w + 1) < scale[0] * height * width
         ):
             raise CropMismatchError(
-                f"stored random_resized_crop box {crop_h}x{crop_w} covers less than the minimum scale {scale[0]} "
-                f"of the decoded {height}x{width} image: the image is larger than when it was reinforced"
+                f"stored random_resized_crop box {crop_h}x{crop_w} covers less than the minimum scale "
+                f"{scale[0]} of the decoded {height}x{width} image: "
+                "the image is larger than when it was reinforced"
             )
         return
 
@@ -259,7 +260,8 @@ def _check_batch_fits(samples: list[dict[str, Any]]) -> None:
         where = sample_location(sample)
         if (sample["syn_text"] is not None) != has_syn:
             raise DRDataError(
-                f"{where} {'lacks' if has_syn else 'has'} a synthetic caption, unlike {sample_location(first)} "
+                f"{where} {'lacks' if has_syn else 'has'} a synthetic caption, "
+                f"unlike {sample_location(first)} "
                 "in the same batch; check its syn.json against --dataset-reinforcement-syn-text-key-regex"
             )
         if (sample["teacher"] is not None) != has_teacher:
@@ -404,10 +406,11 @@ class SkipMonitor:
         bad = sum(count for reason, count in totals["skipped"].items() if reason not in INTENDED_SKIPS)
         if totals["seen"] and bad / totals["seen"] > self.max_fraction:
             raise DRDataError(
-                f"{bad} of {totals['seen']} samples read ({bad / totals['seen']:.1%}) were skipped, more than "
-                f"--dataset-reinforcement-max-skip-fraction {self.max_fraction:g}. {self.summary(totals)}. "
-                "Fix or leave out the shards named above (regenerate them with `mobileclip2 reinforce` from the "
-                "images as they are now), or raise --dataset-reinforcement-max-skip-fraction if these skips are expected."
+                f"{bad} of {totals['seen']} samples read ({bad / totals['seen']:.1%}) were skipped, "
+                f"more than --dataset-reinforcement-max-skip-fraction {self.max_fraction:g}. "
+                f"{self.summary(totals)}. Fix or leave out the shards named above (regenerate them with "
+                "`mobileclip2 reinforce` from the images as they are now), or raise "
+                "--dataset-reinforcement-max-skip-fraction if these skips are expected."
             )
 
 
@@ -465,7 +468,8 @@ def inspect_shards(
         )
     if missing:
         raise DRDataError(
-            f"DR shards lack {', '.join(missing)} (sample {raw.get('__key__')!r} has keys {list(keys)}); {hint}"
+            f"DR shards lack {', '.join(missing)} "
+            f"(sample {raw.get('__key__')!r} has keys {list(keys)}); {hint}"
         )
 
     width = num_augs = None

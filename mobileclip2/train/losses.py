@@ -234,7 +234,8 @@ def split_student_text(
 
 
 class DRClipLoss(nn.Module):
-    """The loss open_clip_train's loop calls: ``loss(image_features=..., text_features=..., logit_scale=...)``.
+    """The loss open_clip_train's loop calls:
+    ``loss(image_features=..., text_features=..., logit_scale=...)``.
 
     The loop hands over only student features; the teacher side of each step comes from
     ``channel`` (see mobileclip2.train.channel), which the DR data loader fills per batch with
@@ -291,7 +292,8 @@ class DRClipLoss(nn.Module):
         payloads = self.channel.latest(self.accum_freq)
         if sum(payload["batch_size"] for payload in payloads) != image_features.shape[0]:
             raise RuntimeError(
-                f"the loss got {image_features.shape[0]} image embeddings but the last {len(payloads)} batches "
+                f"the loss got {image_features.shape[0]} image embeddings "
+                f"but the last {len(payloads)} batches "
                 f"hold {[payload['batch_size'] for payload in payloads]} images"
             )
         text, syn_text = split_student_text(

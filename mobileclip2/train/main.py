@@ -194,11 +194,20 @@ class Session:
             ) from None
         self.layout = inspect_shards(args.train_data, sampling, augmentation)
         if args.rank == 0:
+            augmentations = (
+                "fresh augmentations for live teachers"
+                if sampling.online
+                else "replaying stored augmentations"
+            )
+            captions = (
+                "separate synthetic-caption loss" if sampling.separate_synthetic else "one caption per image"
+            )
             logging.info(
-                f"DR shards: keys {list(self.layout.keys)}, teacher embedding width {self.layout.embedding_width}, "
-                f"{self.layout.num_augmentations} stored augmentations, synthetic caption keys {list(self.layout.syn_keys)}; "
-                f"{'fresh augmentations for live teachers' if sampling.online else 'replaying stored augmentations'}, "
-                f"{'separate synthetic-caption loss' if sampling.separate_synthetic else 'one caption per image'}"
+                f"DR shards: keys {list(self.layout.keys)}, "
+                f"teacher embedding width {self.layout.embedding_width}, "
+                f"{self.layout.num_augmentations} stored augmentations, "
+                f"synthetic caption keys {list(self.layout.syn_keys)}; "
+                f"{augmentations}, {captions}"
             )
         return build_dr_dataloader(args, augmentation, sampling, tokenizer, epoch=epoch)
 
@@ -214,8 +223,8 @@ class Session:
                 dims = teachers.dims
                 if list(args.distill_teacher_dimension) not in ([-1], dims):
                     raise TrainArgsError(
-                        f"--distill-teacher-dimension {args.distill_teacher_dimension} does not match the teachers' "
-                        f"embedding widths {dims}"
+                        f"--distill-teacher-dimension {args.distill_teacher_dimension} "
+                        f"does not match the teachers' embedding widths {dims}"
                     )
                 scales = resolve_teacher_scales(
                     args.distill_logit_scale, teachers.logit_scales, len(dims), "the teachers"

@@ -16,7 +16,8 @@ from torch import nn
 def meta_model(name: str) -> nn.Module:
     """``name`` built on the meta device: shapes, keys and parameter counts without allocating or
     initialising weights. ``device="meta"`` alone is not enough: open_clip builds on the CPU and
-    moves the model, so the default device must be meta while it builds (10-40x faster for S3-L-14).
+    moves the model, so the default device must be meta while it builds (otherwise the large models
+    allocate and initialise every weight on the CPU first).
     """
     with torch.device("meta"):
         return open_clip.create_model(name, device="meta")

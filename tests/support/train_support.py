@@ -24,13 +24,13 @@ OPENAI_MEAN, OPENAI_STD = list(OPENAI_DATASET_MEAN), list(OPENAI_DATASET_STD)  #
 TINY_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 
 
-
 def write_shard(path: str | Path, samples) -> None:
     """Write samples (bytes values, ``__key__``) as a tar shard at ``path``, committed whole."""
     from mobileclip2.reinforce.storage import Output
 
     path = Path(path)
     Output(path.parent).write_shard(path.name, samples)
+
 
 def teacher_config(embed_dim: int, image_size: int, mean, std) -> dict:
     return {
@@ -157,7 +157,7 @@ def python_env() -> dict:
     from compat_env import env_for
 
     # One thread per run: the tests share 2 cores with other jobs, and OpenMP's spinning threads
-    # slow down several-fold when they are descheduled (measured 2-5x on this machine).
+    # slow down several-fold when they are descheduled.
     env = env_for(None, OMP_NUM_THREADS="1")
     env.pop("MOBILECLIP2_AUTOLOAD", None)
     return env
