@@ -34,7 +34,7 @@ def pytest_configure(config):
 
 # How two pytest-xdist workers share the suite (``-n 2``): each test module is one unit, run
 # whole on one worker, because most modules share an expensive module fixture (a reference bundle,
-# an export, a training workspace). Exceptions, by file name:
+# an export, a training workspace). In the slow tier, two exceptions, by file name:
 # - the modules that build full-size models (several GB each) form ONE unit, so two of them never
 #   overlap on a 24 GB machine;
 BIG_MODEL_FILES = (
@@ -52,10 +52,13 @@ BIG_MODELS_UNIT = "big-models"
 PER_TEST_FILES = ("test_export_mobile.py",)
 
 
-def xdist_unit(nodeid: str) -> str:
-    """The scheduling unit of a test id (see above)."""
+def xdist_unit(nodeid: str, slow_tier: bool = True) -> str:
+    """The scheduling unit of a test id (see above); the default tier's models are small, so there
+    every module is its own unit."""
     path = nodeid.split("::", 1)[0]
     file_name = path.rsplit("/", 1)[-1]
+    if not slow_tier:
+        return path
     if file_name in PER_TEST_FILES:
         return nodeid
     if file_name in BIG_MODEL_FILES:
@@ -73,6 +76,10 @@ def unit_priority(unit: str) -> int:
     return 1 if "::" in unit else 2
 
 
+def _slow_tier(config) -> bool:
+    return "not slow" not in (config.option.markexpr or "")
+
+
 @pytest.hookimpl(optionalhook=True)  # a pytest without xdist (`-p no:xdist`) must still run the suite
 def pytest_xdist_make_scheduler(config, log):
     """Schedule by :func:`xdist_unit`, in :func:`unit_priority` order, whatever ``--dist`` says
@@ -81,11 +88,13 @@ def pytest_xdist_make_scheduler(config, log):
 
     Why not ``--dist loadgroup`` with ``xdist_group`` marks: with pytest 9.2 the marks' node-id
     suffixes no longer reach the scheduler and every test is scheduled on its own (pytest-xdist
-    issue 1386), so a module's fixtures get built on both workers, which can exhaust memory. This
-    scheduler reads only the node ids, the same on every pytest version."""
+    issue 1386), which builds module fixtures on both workers. This scheduler reads only the node
+    ids, the same on every pytest version."""
     from collections import OrderedDict
 
     from xdist.scheduler import LoadScopeScheduling
+
+    slow_tier = _slow_tier(config)
 
     class UnitsByPriority(OrderedDict):
         def popitem(self, last: bool = True):
@@ -100,7 +109,7 @@ def pytest_xdist_make_scheduler(config, log):
             self.workqueue = UnitsByPriority()
 
         def _split_scope(self, nodeid: str) -> str:
-            return xdist_unit(nodeid)
+            return xdist_unit(nodeid, slow_tier)
 
     return ModuleUnits(config, log)
 

@@ -64,6 +64,7 @@ def test_interpreter_start_runs_the_hook_and_stays_torch_free():
     assert not {name for name in imported if name.split(".")[0] in ("torch", "numpy", "open_clip", "timm")}
 
 
+@pytest.mark.slow
 def test_timm_alone_gets_backbones_through_its_own_group():
     code = (
         "import json, sys, timm; print(json.dumps(['mobileclip2.plugin' in sys.modules, "
@@ -180,6 +181,7 @@ def _wheel(source: Path, dist: Path) -> Path:
     return wheel
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("editable", [False, True], ids=["regular", "editable"])
 def test_install_modes_register_on_plain_import(tmp_path, editable):
     """Both install modes: the hook registers on a plain `import open_clip`, every model config is
@@ -206,6 +208,7 @@ def test_install_modes_register_on_plain_import(tmp_path, editable):
         assert "mobileclip2" not in orphaned.stderr, orphaned.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_open_clip_train_sees_the_names(tmp_path):
     args = [
         "-m",

@@ -608,6 +608,7 @@ def test_unexpected_errors_point_to_traceback(monkeypatch, capsys):
     assert "ZeroDivisionError: boom" in err and "--traceback" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_train_entry_registers_the_models_itself(files):
     """`python -S -m mobileclip2.train` with autoload off: the models are registered before main runs."""
     script = (
@@ -628,7 +629,7 @@ def test_train_entry_registers_the_models_itself(files):
     assert done.returncode == 0
 
 
-@pytest.mark.compat
+@pytest.mark.slow
 def test_old_open_clip_never_unpickles_code_from_a_checkpoint(files):
     """open_clip 2.24.0 calls torch.load(path) without weights_only; under torch < 2.6 that runs a
     pickle. The subprocess makes torch.load default to weights_only=False (torch < 2.6's default),

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from compat_env import ensure_target, run_python
 
+pytestmark = pytest.mark.slow  # installs and runs a real client
+
 pytest.importorskip("webdataset")
 
 CLASSES = ("red square", "green circle", "blue triangle")

@@ -69,7 +69,7 @@ def captioner(tmp_path_factory):
     return loaded.eval(), preprocess
 
 
-@pytest.mark.big
+@pytest.mark.slow
 def test_generate_top_p_returns_token_ids_of_the_requested_length(captioner):
     from PIL import Image
 
@@ -85,7 +85,7 @@ def test_generate_top_p_returns_token_ids_of_the_requested_length(captioner):
     assert isinstance(open_clip.decode(tokens[0]), str)
 
 
-@pytest.mark.big
+@pytest.mark.slow
 def test_the_full_255_token_context_fits(captioner):
     model, _ = captioner
     image = torch.rand(1, 3, 224, 224)
@@ -95,7 +95,7 @@ def test_the_full_255_token_context_fits(captioner):
     assert logits.shape == (1, 255, VOCAB) and torch.isfinite(logits).all()
 
 
-@pytest.mark.big
+@pytest.mark.slow
 def test_beam_search_without_beam_scorer_is_a_clear_error(captioner):
     """Without transformers (or with transformers 5, which removed BeamSearchScorer) open_clip
     would refuse all generation; sampling works through mobileclip2.compat.sampling, beam search

@@ -106,7 +106,14 @@ def test_tokenizer_gives_apples_token_rows():
     assert torch.count_nonzero(tokens[2:, 3:]) == 0  # the short captions are padded
 
 
-@pytest.mark.parametrize("name", ["MobileCLIP-S0", "MobileCLIP-S1", "MobileCLIP-S2"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MobileCLIP-S0",
+        pytest.param("MobileCLIP-S1", marks=pytest.mark.slow),
+        pytest.param("MobileCLIP-S2", marks=pytest.mark.slow),
+    ],
+)
 def test_features_and_logits_equal_apple_v1(v1, converted, name):
     entry = v1(name)
     _assert_outputs_equal(_outputs(converted(name), entry), entry["outputs"])
@@ -141,6 +148,7 @@ def test_mobileclip_b_image_features_equal_apple_v1(v1, converted):
     _assert_outputs_equal(_outputs(converted("MobileCLIP-B"), entry), entry["outputs"], keys=["image"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["MobileCLIP-S0", "MobileCLIP-S2"])
 def test_fused_model_equals_apple_fused_model(v1, converted, name):
     """Our reparameterize() and Apple's reparameterize_model() fuse to the same function
@@ -246,6 +254,7 @@ def test_create_model_converts_a_v1_file_on_the_fly(v1, converted):
     assert_same_tensors(model.state_dict(), expected)
 
 
+@pytest.mark.slow
 def test_datacompdr_tag_loads_apple_v1_file_from_the_hub_cache(tmp_path, v1, converted):
     """The S0 tag points at Apple's V1 file; it is converted while open_clip loads it."""
     cfg = open_clip.get_pretrained_cfg("MobileCLIP-S0", "datacompdr")

@@ -25,7 +25,7 @@ def _names() -> list:
     from mobileclip2.configs import config_files
 
     return [
-        pytest.param(path.stem, marks=pytest.mark.big) if path.stem not in _FAST else path.stem
+        pytest.param(path.stem, marks=pytest.mark.slow) if path.stem not in _FAST else path.stem
         for path in config_files()
     ]
 

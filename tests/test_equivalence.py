@@ -20,6 +20,8 @@ import pytest
 from compat_env import NEWEST_PAIR, OLDEST_PAIR
 from equivalence_support import BIG, Candidate, Worker, default_cases, problems, run_equivalence
 
+pytestmark = pytest.mark.slow  # every name at full size, and the oldest supported open_clip/timm pair
+
 # MobileCLIP-S0 included: on the oldest pair its MCt text tower goes through the compat hook into
 # open_clip 2.24.0's text-tower builder, and its tag's V1-format check passes OpenCLIP weights through.
 CASES = default_cases()
@@ -50,10 +52,10 @@ def oldest(equivalence):
 
 
 def _marks(name):
-    return [pytest.mark.big] if name in BIG else []
+    return [pytest.mark.slow] if name in BIG else []
 
 
-@pytest.mark.compat
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n, _ in CASES])
 def test_forced_backfill_matches_upstream_newest_pair(newest_forced, entries, name):
     result = newest_forced["models"][name]
@@ -64,7 +66,7 @@ def test_forced_backfill_matches_upstream_newest_pair(newest_forced, entries, na
     assert problems(result, entries[name]) == []
 
 
-@pytest.mark.compat
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n, _ in CASES])
 def test_backfill_on_oldest_pair_matches_upstream(oldest, entries, name):
     result = oldest["models"][name]

@@ -295,3 +295,32 @@ def test_every_image_size_reader_agrees_with_the_catalog_helper():
     assert (geometry(model, {"size": [16, 32]}).height, geometry(model, {"size": [16, 32]}).width) == (16, 32)
     assert image_height_width({"vision_cfg": {"image_size": 256}}) == (256, 256)
     assert image_height_width({"vision_cfg": {}}) == (224, 224)  # open_clip's default
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_tiny_executorch_export_runs_in_the_executorch_runtime(tmp_path, int8):
+    """The ExecuTorch path end to end on the tiny model (the real towers: test_export_mobile.py, slow)."""
+    pytest.importorskip("executorch.runtime")
+    images, captions = write_calibration_set(tmp_path) if int8 else (None, None)
+    result = _tiny_export(
+        tmp_path / "out",
+        format="executorch",
+        int8=int8,
+        calibration_images=images,
+        calibration_captions=captions,
+        min_cosine=0.5,
+        min_agreement=None,
+    )
+    config = result.config
+    assert config["precision"] == ("int8" if int8 else "fp32") and config["image"]["input_shape"][0] == 1
+    if int8:
+        assert config["fidelity"]["image"]["calibration"]["mean"] >= 0.5
+    else:
+        assert result.image.max_abs_diff < TOLERANCE and result.text.max_abs_diff < TOLERANCE
+
+
+def test_tiny_coreml_export_passes_the_structure_check(tmp_path):
+    pytest.importorskip("coremltools")
+    result = _tiny_export(tmp_path / "out", format="coreml")
+    assert result.config["precision"] == "fp16" and result.config["text"]["input_dtype"] == "int32"
+    assert result.image.structure["weights"] == "float16" and "softmax" in result.text.structure["op_types"]

@@ -37,8 +37,8 @@ def s0_pt_file(s0_state, tmp_path_factory):
         # open_clip 3.3 prefers the safetensors file of an 'org/repo/' entry...
         ("MobileCLIP2-S0", "dfndr2b", "open_clip_model.safetensors"),
         # ...and falls back to the .bin name; MobileCLIP-S1/B entries are 'apple/...-OpenCLIP/'.
-        ("MobileCLIP-S1", "datacompdr", "open_clip_pytorch_model.bin"),
-        ("MobileCLIP-B", "datacompdr_lt", "open_clip_pytorch_model.bin"),
+        pytest.param("MobileCLIP-S1", "datacompdr", "open_clip_pytorch_model.bin", marks=pytest.mark.slow),
+        pytest.param("MobileCLIP-B", "datacompdr_lt", "open_clip_pytorch_model.bin", marks=pytest.mark.slow),
     ],
 )
 def test_tag_loads_exactly_the_cached_tensors(tmp_path, name, tag, filename):

@@ -46,7 +46,7 @@ def max_diffs(reference: nn.Module, candidate: nn.Module, batch: int = 2) -> dic
 MODELS = [
     "MobileCLIP2-S0",
     "MobileCLIP-S0",
-    pytest.param("MobileCLIP2-S4", marks=pytest.mark.big),
+    pytest.param("MobileCLIP2-S4", marks=pytest.mark.slow),
 ]
 
 
@@ -310,7 +310,7 @@ def test_public_api_names_stay_callable_after_importing_the_modules():
     assert mobileclip2.optimize is optimize
 
 
-@pytest.mark.big
+@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("c++") is None and shutil.which("g++") is None, reason="inductor needs a C++ compiler"
 )
@@ -323,6 +323,7 @@ def test_compile_option_matches():
     assert diff < TOLERANCE
 
 
+@pytest.mark.slow
 def test_bench_command_compares_runtimes(capsys):
     from mobileclip2 import cli
 

@@ -104,6 +104,8 @@ PROBE = """
 import json, sys
 import open_clip, open_clip.model
 from mobileclip2 import _autoload
+
+pytestmark = pytest.mark.slow  # downloads the upstream sdists and runs their tests
 names = open_clip.list_models()
 print(json.dumps({
     "patched": hasattr(open_clip, "load_plugins"),
@@ -142,7 +144,7 @@ def test_our_registration_tests_pass_against_patched_tree(patched_tree):
     # Our own registration suite, with the patched open_clip first on the path and the hook disabled.
     proc = run_python(
         patched_tree / "src",
-        ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not big", "tests/test_registration.py"],
+        ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "tests/test_registration.py"],
         MOBILECLIP2_AUTOLOAD="0",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -113,6 +113,7 @@ def test_reference_shards_hold_every_payload(ws, reference):
     assert len(set(params)) == len(params)
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_write_the_same_bytes_as_one_process(ws, reference):
     output = ws["root"] / "two_ranks"
     env = {**python_env(), "OMP_NUM_THREADS": "1"}
@@ -149,6 +150,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_output_without_redoing_finished_shards(ws, reference, monkeypatch):
     output = ws["root"] / "killed"
     args = _args(ws, brace(ws["plain"]), str(output))
@@ -206,6 +208,7 @@ def test_memory_urls_end_to_end(ws, reference):
         memory.rm("/dr-out", recursive=True)
 
 
+@pytest.mark.slow
 def test_pipe_inputs_and_file_url_output_train(ws, reference):
     output = ws["root"] / "file_url"
     pipes = f"pipe:cat {ws['root'] / 'plain'}/{{00000..00003}}.tar"

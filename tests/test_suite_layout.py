@@ -22,6 +22,9 @@ def test_units_keep_modules_whole_and_big_models_together():
     )
     spread = [f"tests/{PER_TEST_FILES[0]}::test_a[1]", f"tests/{PER_TEST_FILES[0]}::test_a[2]"]
     assert xdist_unit(spread[0]) != xdist_unit(spread[1])
+    # The default tier's models are small: every module is its own unit there.
+    assert xdist_unit("tests/test_equivalence.py::t", slow_tier=False) == "tests/test_equivalence.py"
+    assert xdist_unit(spread[0], slow_tier=False) == xdist_unit(spread[1], slow_tier=False)
 
 
 def test_the_longest_units_are_handed_out_first():

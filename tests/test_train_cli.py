@@ -58,6 +58,7 @@ def _plain_run(ws, model, name, extra=()):
     return logs / name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["MobileCLIP2-S0", "MobileCLIP-S0"])
 def test_open_clip_train_runs_mobileclip_names_unchanged(ws, model):
     run = _plain_run(ws, model, f"plain-{model}")
@@ -120,6 +121,7 @@ def test_dr_training_overfits_a_fixed_batch_checkpoints_and_resumes(ws):
     assert (checkpoints / "epoch_4.pt").is_file()
 
 
+@pytest.mark.slow
 def test_online_distillation_from_a_live_ensemble(ws):
     teachers = f"{ws['models']['teacher_a']},{ws['models']['teacher_b']}"
     args = [
@@ -187,6 +189,7 @@ def test_flags_parse_with_apples_names_and_defaults_and_bad_combinations_fail():
             Session().wrap_parse_args(parse_args)(["--model", "MobileCLIP2-S0", *argv])
 
 
+@pytest.mark.slow
 def test_dr_training_with_two_cpu_processes_under_ddp(ws):
     """torchrun-style launch (env://, gloo): the DR loader splits shards by rank, the loss gathers
     student and teacher features; open_clip_train's CPU DDP failure (device_ids=[cpu]) is avoided."""
