@@ -115,8 +115,8 @@ def summarize_mismatch(
     fitting = list(fitting)
     if len(fitting) == 1:
         parts.append(
-            f"This looks like a {fitting[0]} checkpoint (its tensors fit that model exactly): load it with "
-            f"open_clip.create_model({fitting[0]!r}, pretrained=...)."
+            f"This looks like a {fitting[0]} checkpoint (its tensors fit that model exactly): load it as "
+            f"{fitting[0]!r}."
         )
     elif fitting:
         parts.append(

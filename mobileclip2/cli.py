@@ -29,8 +29,9 @@ SUBCOMMANDS = {
 
 TRACEBACK_ENV = "MOBILECLIP2_TRACEBACK"
 
-# Errors whose message already says what is wrong (ours, and the OS's about paths): printed as is.
-# Anything else is unexpected and is printed with its type and a pointer to --traceback.
+# Errors whose message already says what is wrong (ours, and the OS's about paths): printed as is,
+# ours in the command line's words. Anything else is unexpected and is printed with its type and a
+# pointer to --traceback.
 _EXPECTED = (OSError, ValueError)
 
 
@@ -67,7 +68,7 @@ def error_message(command: str, error: BaseException) -> str:
     """The one-paragraph message `main` prints for an error that ended a subcommand."""
     from .errors import MobileCLIP2Error
 
-    text = str(error) or type(error).__name__
+    text = (error.for_cli() if isinstance(error, MobileCLIP2Error) else str(error)) or type(error).__name__
     if isinstance(error, KeyError):  # str(KeyError('x')) is "'x'": say what it is
         text = f"missing key {text}"
     if isinstance(error, (MobileCLIP2Error, *_EXPECTED)):

@@ -29,7 +29,7 @@ import torch
 
 from .checkpoints import detect_format, read_state_dict
 from .compat.timm_layers import FUSED_ATTRS
-from .errors import CheckpointMismatchError
+from .errors import CheckpointMismatchError, UsageError
 from .identify import explain_mismatch, manifest, meta_state_dict, models_fitting
 from .models import APPLE_IMAGE_PREFIX, mci, rename, vit_mci
 
@@ -185,7 +185,7 @@ def describe_apple_v1(state_dict: Mapping[str, torch.Tensor]) -> str | None:
         )
     return (
         f"The file is an Apple MobileCLIP V1 checkpoint of {name} (converted while loading): "
-        f"load it with open_clip.create_model({name!r}, pretrained=...)."
+        f"load it as {name!r}."
     )
 
 
@@ -216,14 +216,15 @@ class ConvertedCheckpoint:
 def _resolve_model_name(src: str, conversion: V1Conversion, model_name: str | None) -> str:
     if model_name is not None and conversion.model_name not in (None, model_name):
         raise CheckpointMismatchError(
-            f"{src!r} is an Apple V1 checkpoint of {conversion.model_name} (recognised by its block "
-            f"counts and widths), not of {model_name}: use the model name {conversion.model_name!r}."
+            f"{src!r} is an Apple V1 checkpoint of {conversion.model_name} (its tensors fit that model), "
+            f"not of {model_name}: use the model name {conversion.model_name!r}."
         )
     resolved = model_name or conversion.model_name
     if resolved is None:
-        raise CheckpointMismatchError(
-            f"{src!r} is an Apple V1 checkpoint of an architecture this package does not recognise; "
-            "pass the OpenCLIP model name it belongs to (--model NAME)."
+        what = f"{src!r} is an Apple V1 checkpoint of an architecture this package does not recognise"
+        raise UsageError(
+            f"{what}; pass the OpenCLIP model name it belongs to (model_name=NAME).",
+            cli_text=f"{what}; pass the OpenCLIP model name it belongs to (--model NAME).",
         )
     return resolved
 
@@ -250,7 +251,11 @@ def read_and_convert(src: str | os.PathLike, model_name: str | None = None) -> C
             f"{src!r} is neither an Apple V1 nor an OpenCLIP checkpoint (detected format: {source_format})."
         )
     elif model_name is None:
-        raise ValueError(f"{src!r} is already in OpenCLIP format; pass a model name to check it against")
+        what = f"{src!r} is already in OpenCLIP format"
+        raise UsageError(
+            f"{what}; pass the model name to check it against (model_name=NAME).",
+            cli_text=f"{what}; pass the model name to check it against (--model NAME).",
+        )
     described = f"{source_format}, converted to OpenCLIP names" if conversion is not None else source_format
     _check_fits(model_name, conversion, state_dict, source=f"{src!r} ({described})")
     return ConvertedCheckpoint(state_dict, model_name, source_format, source_tensors)

@@ -37,7 +37,24 @@ def close_matches(word: str, candidates: Iterable[str], limit: int = 5) -> list[
 
 
 class MobileCLIP2Error(Exception):
-    """Base class of every error this package raises on purpose."""
+    """Base class of every error this package raises on purpose.
+
+    ``cli_text``, where set, is the same message in the command line's words (``--pretrained PATH``
+    instead of ``pretrained='/path/to/file'``); the ``mobileclip2`` command prints :meth:`for_cli`.
+    """
+
+    cli_text: str | None = None
+
+    def for_cli(self) -> str:
+        return self.cli_text or str(self)
+
+
+class UsageError(MobileCLIP2Error, ValueError):
+    """A call that lacks something it needs; ``cli_text`` says it in the command line's words."""
+
+    def __init__(self, message: str, cli_text: str | None = None):
+        super().__init__(message)
+        self.cli_text = cli_text
 
 
 class UnknownModelError(MobileCLIP2Error, RuntimeError):
@@ -59,11 +76,13 @@ class UnknownPretrainedTagError(MobileCLIP2Error, RuntimeError):
         self.tag = tag
         self.valid_tags = sorted(valid_tags)
         valid = ", ".join(repr(t) for t in self.valid_tags) or "none"
-        super().__init__(
+        head = (
             f"{tag!r} is neither a pretrained tag of {model_name!r} nor an existing file. "
-            f"Valid tags for {model_name!r}: {valid}. To load your own weights, pass the path of a "
-            "local checkpoint file (.pt, .pth, .bin or .safetensors) as `pretrained`."
+            f"Valid tags for {model_name!r}: {valid}."
         )
+        own = "To load your own weights, pass the path of a checkpoint file (.pt, .pth, .bin or .safetensors)"
+        super().__init__(f"{head} {own} as `pretrained`.")
+        self.cli_text = f"{head} {own} as --pretrained."
 
 
 def _download_hint(source: str) -> str:
@@ -75,19 +94,17 @@ def _download_hint(source: str) -> str:
 
 
 class WeightsUnavailableError(MobileCLIP2Error, RuntimeError):
-    def __init__(self, source: str, cause: BaseException, offline: bool):
+    """Pretrained weights that can be had neither from the local cache nor from their source."""
+
+    def __init__(self, source: str, reason: str):
         self.source = source
-        mode = (
-            "HF_HUB_OFFLINE is set and the file is not in the local Hugging Face cache"
-            if offline
-            else ("the Hugging Face Hub could not be reached and the file is not in the local cache")
+        head = (
+            f"Could not fetch pretrained weights {source!r}: {reason}. "
+            f"Download it on a connected machine{_download_hint(source)}, then pass its path as"
         )
-        super().__init__(
-            f"Could not fetch pretrained weights {source!r}: {mode} ({type(cause).__name__}: {cause}). "
-            f"Download it on a connected machine{_download_hint(source)}, then pass its path as "
-            "`pretrained='/path/to/file'`, "
-            "or point HF_HUB_CACHE at a copy of a Hugging Face cache that holds it."
-        )
+        tail = "or point HF_HUB_CACHE at a copy of a Hugging Face cache that holds it."
+        super().__init__(f"{head} `pretrained='/path/to/file'`, {tail}")
+        self.cli_text = f"{head} --pretrained /path/to/file, {tail}"
 
 
 class CorruptCheckpointError(MobileCLIP2Error, RuntimeError):

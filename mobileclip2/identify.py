@@ -62,7 +62,9 @@ def meta_state_dict(name: str) -> dict[str, torch.Tensor]:
     """The state_dict of ``open_clip.create_model(name)`` on the meta device: keys and shapes, no data."""
     import open_clip
 
-    with torch.device("meta"):
+    from .compat.factory import random_init_notice_silenced
+
+    with torch.device("meta"), random_init_notice_silenced():
         return open_clip.create_model(name, device="meta").state_dict()
 
 

@@ -1,32 +1,21 @@
 """Load a model for inference the way the CLI commands (classify, export, bench) need it.
 
-Two things open_clip's factory does not do for us:
-
-* **Fail fast when weights cannot be fetched.** With no network, huggingface_hub retries for about
-  a minute before open_clip's download fails. :func:`ensure_weights_available` checks the local
-  Hugging Face cache first and otherwise probes the Hub endpoint with a short TCP connect, so an
-  unreachable Hub becomes mobileclip2.errors.WeightsUnavailableError within seconds.
-
-Local checkpoint files get the model's own preprocessing from the factory itself (compat's
-create_model hook); :func:`preprocess_source` only says where the preprocessing came from, for
-export sidecars and messages.
+On top of open_clip's factory (whose hooks already fail fast when Hub weights cannot be had and give
+local files the model's own preprocessing): the device is checked before anything is built, the
+model is put in eval mode, and a model built without weights gets the preprocessing its pretrained
+tags use, so an export made before the real weights arrive describes the right preprocessing.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import threading
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 __all__ = [
     "LoadedModel",
     "check_device",
     "ensure_weights_available",
-    "hub_endpoint",
-    "hub_reachable",
     "load_for_inference",
     "preprocess_source",
 ]
@@ -36,76 +25,13 @@ def _is_local_file(pretrained: str | None) -> bool:
     return bool(pretrained) and os.path.isfile(os.path.expanduser(pretrained))
 
 
-def hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the Hugging Face endpoint (HF_ENDPOINT) opens within ``timeout`` s.
-
-    Name resolution has no timeout of its own, so the attempt runs in a daemon thread and is
-    abandoned after ``timeout`` seconds.
-    """
-    parsed = urlparse(hub_endpoint())
-    host = parsed.hostname or "huggingface.co"
-    port = parsed.port or (80 if parsed.scheme == "http" else 443)
-    outcome: list[bool] = []
-
-    def attempt() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                outcome.append(True)
-        except OSError:
-            outcome.append(False)
-
-    thread = threading.Thread(target=attempt, name="mobileclip2-hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(outcome and outcome[0])
-
-
 def ensure_weights_available(model_name: str, pretrained: str | None, timeout: float = 3.0) -> None:
-    """Raise WeightsUnavailableError quickly when ``pretrained`` names Hub weights that cannot be had.
-
-    Nothing to check for no weights, a local file, or a tag that is not on the Hub (open_clip then
-    reports it). Otherwise: cached -> fine; not cached and offline (HF_HUB_OFFLINE) or the Hub not
-    reachable within ``timeout`` seconds -> the same error open_clip's download path raises, without
-    huggingface_hub's retries. Unknown names and tags raise the core's UnknownModelError /
-    UnknownPretrainedTagError.
-    """
-    if not pretrained or _is_local_file(pretrained):
-        return
-    import open_clip
-
-    from .compat.factory import check_model_and_tag
-    from .compat.registry import hub_location, hub_weight_file_names
-    from .errors import WeightsUnavailableError
-    from .pretrained import hub_offline
+    """Raise the clear error for an unknown name or tag, or for Hub weights that cannot be had now
+    (not cached, and offline or the Hub unreachable within ``timeout`` seconds); see mobileclip2.hub."""
+    from .compat.factory import check_model_and_tag, check_weights_available
 
     check_model_and_tag(model_name, pretrained)
-    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
-    if not cfg or not cfg.get("hf_hub"):
-        return
-    repo_id, filename = hub_location(cfg)
-    candidates = [filename]
-    if cfg["hf_hub"].endswith("/"):  # open_clip tries the safetensors file of 'org/repo/' entries first
-        candidates.insert(0, hub_weight_file_names()[1])
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        return
-    cache_dir = os.environ.get("HF_HUB_CACHE")
-    for name in candidates:
-        if isinstance(try_to_load_from_cache(repo_id, name, cache_dir=cache_dir), str):
-            return
-    offline = hub_offline()
-    if offline or not hub_reachable(timeout):
-        cause = ConnectionError(
-            "not in the local cache, and HF_HUB_OFFLINE is set"
-            if offline
-            else f"not in the local cache, and no connection to {hub_endpoint()} within {timeout:g} s"
-        )
-        raise WeightsUnavailableError(f"hf://{repo_id}/{filename}", cause, offline=offline)
+    check_weights_available(model_name, pretrained, timeout=timeout)
 
 
 def preprocess_source(model_name: str, pretrained: str | None) -> str:
@@ -114,8 +40,11 @@ def preprocess_source(model_name: str, pretrained: str | None) -> str:
 
     if pretrained and not _is_local_file(pretrained):
         return f"pretrained tag {pretrained!r}"
-    if pretrained and model_name in preprocess_defaults():
-        return f"the preprocessing of {model_name}'s pretrained tags (local checkpoint file)"
+    from .compat.factory import takes_preprocess_cfg
+
+    if model_name in preprocess_defaults() and takes_preprocess_cfg():
+        what = "local checkpoint file" if pretrained else "no weights loaded"
+        return f"the preprocessing of {model_name}'s pretrained tags ({what})"
     return "open_clip defaults" + (" (no weights loaded)" if not pretrained else "")
 
 
@@ -170,8 +99,15 @@ def load_for_inference(
     ensure_weights_available(model_name, pretrained, timeout=timeout)
     if pretrained and _is_local_file(pretrained):
         pretrained = os.path.expanduser(pretrained)
+    from .compat.factory import takes_preprocess_cfg
+    from .pretrained import preprocess_defaults
+
+    options: dict[str, Any] = {}
+    if not pretrained and model_name in preprocess_defaults() and takes_preprocess_cfg():
+        # what its weights will need, not open_clip's generic defaults (OpenAI mean/std, bicubic)
+        options["force_preprocess_cfg"] = dict(preprocess_defaults()[model_name])
     model, _, preprocess = open_clip.create_model_and_transforms(
-        model_name, pretrained=pretrained, device=device
+        model_name, pretrained=pretrained, device=device, **options
     )
     model.eval()
     cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})

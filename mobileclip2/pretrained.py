@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from importlib import resources
 from typing import Any
 
@@ -31,11 +30,6 @@ def pretrained_table() -> dict[str, dict[str, dict[str, Any]]]:
         model: {tag: _expand(entry, presets) for tag, entry in tags.items()}
         for model, tags in raw["models"].items()
     }
-
-
-def hub_offline() -> bool:
-    """Whether HF_HUB_OFFLINE is set the way huggingface_hub reads it (so errors can say so)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")

@@ -8,11 +8,26 @@ imports torch unless torch is already imported or a function needs it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
+import tempfile
+from collections.abc import Iterator
 
-__all__ = ["PRECISIONS", "package_versions", "set_threads", "thread_count", "torch_dtype", "usable_cores"]
+__all__ = [
+    "PRECISIONS",
+    "VERBOSE_ENV",
+    "captured_output",
+    "package_versions",
+    "set_threads",
+    "thread_count",
+    "torch_dtype",
+    "usable_cores",
+]
+
+# Set to 1 to see what third-party exporters and runtimes print while they work.
+VERBOSE_ENV = "MOBILECLIP2_VERBOSE"
 
 
 # The precision names the command line takes -> torch dtype names.
@@ -70,3 +85,45 @@ def package_versions(*dists: str) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[dist] = "not installed"
     return found
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[None]:
+    """Hold back what the block prints, also from native code (file descriptors 1 and 2), and show it
+    only if the block raises.
+
+    Exporters and their runtimes (coremltools' progress bars and version notices, ExecuTorch's CPU
+    probing, quantizer notes) print dozens of lines that are not the user's problem; when something
+    fails, they are the diagnosis, so then they are printed. ``MOBILECLIP2_VERBOSE=1`` shows
+    everything as it happens.
+    """
+    if os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+        yield
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = [os.dup(1), os.dup(2)]
+        python_streams = (sys.stdout, sys.stderr)
+        text_sink = open(sink.fileno(), "w", closefd=False, encoding="utf-8", errors="replace")
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            sys.stdout = sys.stderr = text_sink
+            try:
+                yield
+            finally:
+                text_sink.flush()
+                sys.stdout, sys.stderr = python_streams
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+        except BaseException:
+            sink.seek(0)
+            held = sink.read().decode("utf-8", errors="replace")
+            if held.strip():
+                print(f"(output of the failed step)\n{held}", file=sys.stderr, flush=True)
+            raise
+        finally:
+            text_sink.close()
+            for handle in saved:
+                os.close(handle)

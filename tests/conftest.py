@@ -218,3 +218,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many documentation blocks tests/test_docs.py skipped, and why (each skipped block is
+    listed with its place and reason)."""
+    skipped = [
+        entry
+        for report in terminalreporter.stats.get("passed", [])
+        for name, value in getattr(report, "user_properties", [])
+        if name == "doc_blocks_skipped"
+        for entry in value
+    ]
+    if skipped:
+        terminalreporter.write_sep("-", f"documentation blocks not run here: {len(skipped)}")
+        for entry in sorted(set(skipped)):
+            terminalreporter.write_line(f"  {entry}")

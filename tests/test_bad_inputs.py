@@ -501,7 +501,7 @@ CLI_ROWS = [
         "convert-needs-model",
         ["convert", "{other_model}", "{root}/o.safetensors"],
         1,
-        ["already in OpenCLIP format", "pass a model name"],
+        ["already in OpenCLIP format", "pass the model name to check it against (--model NAME)"],
     ),
     (
         "classify-no-image",

@@ -56,22 +56,17 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from mobileclip2.benchmarking import benchmark_model
-    from mobileclip2.errors import MobileCLIP2Error
 
     towers = TOWERS if args.tower == "all" else (args.tower,)
     runtimes = ("upstream", *(r for r in args.runtimes if r != "upstream"))
-    try:
-        results = benchmark_model(
-            args.name,
-            batches=tuple(args.batch_size),
-            towers=towers,
-            runtimes=runtimes,
-            pretrained=args.pretrained,
-            rounds=lambda batch: args.rounds,
-            log=lambda line: print(line, file=sys.stderr, flush=True),
-        )
-    except (MobileCLIP2Error, ValueError, ImportError) as error:
-        print(f"mobileclip2 bench: error: {error}", file=sys.stderr)
-        return 1
+    results = benchmark_model(
+        args.name,
+        batches=tuple(args.batch_size),
+        towers=towers,
+        runtimes=runtimes,
+        pretrained=args.pretrained,
+        rounds=lambda batch: args.rounds,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     print(format_rows(results))
     return 0 if all(r.valid for r in results) else 3

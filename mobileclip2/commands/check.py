@@ -8,7 +8,6 @@ caption produce finite embeddings of the configured width. Exit status 1 if any 
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 
 HELP = "Build each model through open_clip.create_model, run one forward, print a table; exit 1 on failure."
@@ -24,14 +23,12 @@ def check_one(name: str) -> dict:
     import torch
 
     from mobileclip2.commands.info import tower_parameter_counts
+    from mobileclip2.compat.factory import random_init_notice_silenced
     from mobileclip2.shapes import image_height_width
 
     started = time.perf_counter()
-    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly" for every model: intended here
-    try:
+    with random_init_notice_silenced():  # random weights are the point here
         model = open_clip.create_model(name).eval()
-    finally:
-        logging.disable(logging.NOTSET)
     tokenizer = open_clip.get_tokenizer(name)
     height, width = image_height_width(model)
     with torch.no_grad():

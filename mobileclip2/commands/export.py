@@ -86,32 +86,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import warnings
 
-    from mobileclip2.errors import MobileCLIP2Error
     from mobileclip2.export.pipeline import export_model
 
     given = {"opset": args.opset, "dynamo": args.dynamo}
     options = {key: value for key, value in given.items() if key in FORMATS[args.format].options}
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
-            result = export_model(
-                args.name,
-                args.out,
-                pretrained=args.pretrained,
-                format=args.format,
-                int8=args.int8,
-                calibration_images=args.calibration_images,
-                calibration_captions=args.calibration_captions,
-                normalize=args.normalize,
-                check=not args.no_check,
-                tolerance=args.tolerance,
-                min_cosine=args.min_cosine,
-                min_agreement=args.min_agreement,
-                **options,
-            )
-    except (MobileCLIP2Error, FileNotFoundError, ValueError, ImportError) as error:
-        print(f"mobileclip2 export: error: {error}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        result = export_model(
+            args.name,
+            args.out,
+            pretrained=args.pretrained,
+            format=args.format,
+            int8=args.int8,
+            calibration_images=args.calibration_images,
+            calibration_captions=args.calibration_captions,
+            normalize=args.normalize,
+            check=not args.no_check,
+            tolerance=args.tolerance,
+            min_cosine=args.min_cosine,
+            min_agreement=args.min_agreement,
+            **options,
+        )
     for warning in caught:
         if "UNMEASURED" in str(warning.message):
             print(f"mobileclip2 export: warning: {warning.message}", file=sys.stderr)

@@ -39,9 +39,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_params:
         import open_clip
 
-        model = open_clip.create_model(info.name)
+        from mobileclip2.compat.factory import random_init_notice_silenced
+
+        with random_init_notice_silenced():
+            model = open_clip.create_model(info.name)
         counts = tower_parameter_counts(model)
-        print(f"  parameters  : {counts['image'] / 1e6:.1f}M image + {counts['text'] / 1e6:.1f}M text")
+        print(
+            f"  parameters  : {counts['image'] / 1e6:.1f}M image + {counts['text'] / 1e6:.1f}M text, as "
+            "trained (reparameterizing for inference fuses the image tower's branches: README's and "
+            "Apple's tables count the fused tower, docs/models.md has both)"
+        )
     cfgs = pretrained_cfgs(info.name)
     files = hub_files(info.name)
     if not cfgs:

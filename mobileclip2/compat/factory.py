@@ -12,8 +12,10 @@ wrapped function as ``__wrapped__`` and never change a successful call's result.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..errors import (
@@ -24,6 +26,33 @@ from ..errors import (
     WeightsUnavailableError,
 )
 from ._common import already_wrapped, mark_wrapper
+
+# open_clip's notice for a model built without weights (2.24 - 3.3: on the root logger; 4.x: on
+# "open_clip.factory"), and the loggers it is written to.
+RANDOM_INIT_NOTICE = "No pretrained weights loaded for model"
+_NOTICE_LOGGERS = ("", "open_clip.factory")
+
+
+class _DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(RANDOM_INIT_NOTICE)
+
+
+@contextlib.contextmanager
+def random_init_notice_silenced() -> Iterator[None]:
+    """Drop open_clip's "initialized randomly" notice while we build a model on purpose without
+    weights (parameter counts, key/shape manifests, smoke checks): right for a user's own call,
+    noise when it comes from ours. Other log records pass."""
+    notice_filter = _DropRandomInitNotice()
+    loggers = [logging.getLogger(name) for name in _NOTICE_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(notice_filter)
+
 
 StateDictConverter = Callable[[dict], dict]
 _STATE_DICT_CONVERTERS: list[StateDictConverter] = []
@@ -128,6 +157,51 @@ def _with_local_file_preprocess(signature, model_name, pretrained, args, kwargs)
     return bound.args[2:], bound.kwargs
 
 
+def hub_files_of_tag(model_name: str, pretrained: str) -> tuple[str, list[str]] | None:
+    """(repo_id, file names in the order open_clip tries them) of a Hub tag; None for anything else
+    (a local file, a URL tag, an ``hf-hub:`` model name). open_clip >= 2.26 tries the safetensors
+    file of an ``org/repo/`` entry before the pickle one."""
+    from open_clip import pretrained as open_clip_pretrained
+
+    from .registry import hub_location, hub_weight_file_names
+
+    if not pretrained or _schema_of(model_name) or os.path.isfile(os.path.expanduser(str(pretrained))):
+        return None
+    cfg = open_clip_pretrained.get_pretrained_cfg(model_name.replace("/", "-"), pretrained)
+    if not cfg or not cfg.get("hf_hub"):
+        return None
+    repo_id, filename = hub_location(cfg)
+    names = [filename]
+    if cfg["hf_hub"].endswith("/"):
+        names.insert(0, hub_weight_file_names()[1])
+    return repo_id, names
+
+
+def check_weights_available(
+    model_name: str, pretrained: str | None, cache_dir: str | None = None, timeout: float = 3.0
+) -> None:
+    """Raise WeightsUnavailableError at once when a tag's Hub file is neither cached nor downloadable
+    (offline, or the Hub unreachable): huggingface_hub would retry for about a minute first."""
+    from ..hub import unavailable_reason
+
+    found = hub_files_of_tag(model_name, pretrained)
+    if found is None:
+        return
+    repo_id, names = found
+    reason = unavailable_reason(repo_id, names, cache_dir, timeout)
+    if reason is not None:
+        raise WeightsUnavailableError(f"hf://{repo_id}/{names[-1]}", reason)
+
+
+def takes_preprocess_cfg() -> bool:
+    """Whether the installed ``create_model`` takes ``force_preprocess_cfg`` (open_clip >= 2.26)."""
+    import inspect
+
+    from open_clip import factory
+
+    return "force_preprocess_cfg" in inspect.signature(factory.create_model).parameters
+
+
 def _wrap_create_model(original: Callable) -> Callable:
     import inspect
 
@@ -135,6 +209,8 @@ def _wrap_create_model(original: Callable) -> Callable:
 
     def create_model(model_name, pretrained=None, *args, **kwargs):
         check_model_and_tag(model_name, pretrained)
+        cache_dir = signature.bind_partial(model_name, pretrained, *args, **kwargs).arguments.get("cache_dir")
+        check_weights_available(model_name, pretrained, cache_dir)
         args, kwargs = _with_local_file_preprocess(signature, model_name, pretrained, args, kwargs)
         try:
             return original(model_name, pretrained, *args, **kwargs)
@@ -161,11 +237,8 @@ def _wrap_download_pretrained(original: Callable) -> Callable:
         try:
             return original(cfg, *args, **kwargs)
         except Exception as error:  # noqa: BLE001 - any failure here means "weights not obtainable"
-            from ..pretrained import hub_offline
-
-            raise WeightsUnavailableError(
-                _describe_source(cfg or {}), error, offline=hub_offline()
-            ) from error
+            reason = f"the download failed ({type(error).__name__}: {error})"
+            raise WeightsUnavailableError(_describe_source(cfg or {}), reason) from error
 
     return mark_wrapper(download_pretrained, original)
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import ExporterUnavailableError
 from ..files import fsync_dir, staging_dir
+from ..system import captured_output
 from . import calibration as calib
 from .formats import (
     DEFAULT_MIN_AGREEMENT,
@@ -178,12 +179,13 @@ def export_loaded(
             example = geo.example(tower, batch=1)
             example = example.int() if int32 else example
             path = staging / names[tower]
-            if int8:
-                rows, _ = data.split(tower)
-                rows = rows.int() if int32 else rows
-                fmt.write_int8(module, example, path, tower, list(rows.split(8)), **options)
-            else:
-                fmt.write(module, example, path, tower, **options)
+            with captured_output():  # exporters print pages of progress and notes; shown on failure
+                if int8:
+                    rows, _ = data.split(tower)
+                    rows = rows.int() if int32 else rows
+                    fmt.write_int8(module, example, path, tower, list(rows.split(8)), **options)
+                else:
+                    fmt.write(module, example, path, tower, **options)
             batch = 1 if spec.fixed_batch else "batch"
             shape = [batch, 3, geo.height, geo.width] if tower == "image" else [batch, geo.context]
             record = TowerExport(
@@ -197,9 +199,11 @@ def export_loaded(
             parity_batch = 1 if spec.fixed_batch else None
             if check and not spec.runs_here():
                 embed_dim = int(embed(module, example).shape[-1])
-                record.structure = fmt.check_structure(path, tower, [1, *shape[1:]], embed_dim)
+                with captured_output():
+                    record.structure = fmt.check_structure(path, tower, [1, *shape[1:]], embed_dim)
             elif check:
-                runners[tower] = fmt.load(path, threads)
+                with captured_output():
+                    runners[tower] = fmt.load(path, threads)
                 if not int8:
                     inputs = geo.random(tower, check_count, generator)
                     inputs = inputs.int() if int32 else inputs

@@ -199,8 +199,11 @@ def resolve_teacher_scales(
         if len(flag) == 1:
             return flag * members
         if len(flag) != members:
+            accepted = (
+                "1 value" if members == 1 else f"1 value (for every teacher) or {members}, one per teacher"
+            )
             raise TrainArgsError(
-                f"--distill-logit-scale has {len(flag)} values for {members} teachers; give 1 or {members}"
+                f"--distill-logit-scale has {len(flag)} values for {members} teacher(s); give {accepted}"
             )
         return flag
     if fallback is None:
