@@ -80,7 +80,10 @@ class UnknownPretrainedTagError(MobileCLIP2Error, RuntimeError):
             f"{tag!r} is neither a pretrained tag of {model_name!r} nor an existing file. "
             f"Valid tags for {model_name!r}: {valid}."
         )
-        own = "To load your own weights, pass the path of a checkpoint file (.pt, .pth, .bin or .safetensors)"
+        own = (
+            "To load your own weights, pass the path of a local checkpoint file "
+            "(.pt, .pth, .bin or .safetensors)"
+        )
         super().__init__(f"{head} {own} as `pretrained`.")
         self.cli_text = f"{head} {own} as --pretrained."
 

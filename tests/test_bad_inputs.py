@@ -188,15 +188,15 @@ def _webdataset(version):
 
 
 def _mismatch(files):
-    from mobileclip2.checkpoints import summarize_mismatch
     from mobileclip2.errors import CheckpointMismatchError
+    from mobileclip2.identify import explain_mismatch
 
     with torch.device("meta"):
         import open_clip
 
         into = open_clip.create_model("MobileCLIP2-S0", device="meta").state_dict()
         other = open_clip.create_model("MobileCLIP2-B", device="meta").state_dict()
-    raise CheckpointMismatchError(summarize_mismatch(into, other))
+    raise CheckpointMismatchError(explain_mismatch(into, other, source="checkpoint"))
 
 
 def _device(device):
@@ -414,7 +414,7 @@ def _rows() -> list[Row]:
             _webdataset("1.0.2"),
             DependencyVersionError,
             ("webdataset 1.0.2", "KeyError: 'fname'"),
-            ("pip install 'webdataset>=0.2.5,<=0.2.86'",),
+            ("pip install 'webdataset<=0.2.86,>=0.2.5'",),  # the train extra's pin, read from metadata
         ),
         Row(
             "train-webdataset-missing",

@@ -297,7 +297,7 @@ def test_every_image_size_reader_agrees_with_the_catalog_helper():
     assert image_height_width({"vision_cfg": {}}) == (224, 224)  # open_clip's default
 
 
-@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+@pytest.mark.parametrize("int8", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["fp32", "int8"])
 def test_tiny_executorch_export_runs_in_the_executorch_runtime(tmp_path, int8):
     """The ExecuTorch path end to end on the tiny model (the real towers: test_export_mobile.py, slow)."""
     pytest.importorskip("executorch.runtime")

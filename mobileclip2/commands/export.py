@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from mobileclip2.export.pipeline import export_model
 
     given = {"opset": args.opset, "dynamo": args.dynamo}
-    options = {key: value for key, value in given.items() if key in FORMATS[args.format].options}
+    options = {key: value for key, value in given.items() if key in dict(FORMATS[args.format].options)}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         result = export_model(

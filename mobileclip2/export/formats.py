@@ -26,6 +26,25 @@ __all__ = [
 ]
 
 
+DEFAULT_OPSET = 18
+DEFAULT_TOLERANCE = 1e-4
+"""Max abs difference of an fp32 artifact's embeddings from PyTorch's."""
+
+DEFAULT_MIN_COSINE = 0.995
+"""An int8 (or fp16) export fails when the mean cosine of its embeddings to fp32 falls below this on
+the calibration or the held-out inputs. Measured with real weights and images; random-weight test
+models have unrepresentative activations, so tests pass a lower value."""
+
+DEFAULT_MIN_AGREEMENT = 0.9
+"""An int8 export with labels fails when fewer than this fraction of images keep their fp32 zero-shot
+top-1 label, for either tower alone or both together."""
+
+HELD_OUT_EVERY = 4
+"""Every 4th calibration image / caption (sorted by name) is held out: used only to report fidelity."""
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
 @dataclass(frozen=True)
 class FormatSpec:
     """What the pipeline, the CLI and the sidecar need to know about one format."""
@@ -42,7 +61,7 @@ class FormatSpec:
     fixed_batch: bool = False  # artifacts take a batch of 1 (else any batch size)
     precision: str = "fp32"  # of the non-int8 artifact; below fp32 it is judged by cosine, not max diff
     runs_on: str | None = None  # sys.platform where the runtime exists; None: everywhere
-    options: tuple[str, ...] = ()  # export options this format takes (e.g. the ONNX opset)
+    options: tuple[tuple[str, object], ...] = ()  # export options this format takes, with defaults
     companions: tuple[str, ...] = ()  # suffixes of files that belong to an artifact (OpenVINO's .bin)
 
     def runs_here(self) -> bool:
@@ -64,7 +83,7 @@ FORMATS: dict[str, FormatSpec] = {
             requires=("onnx", "onnxruntime"),
             distributions=("onnx", "onnxruntime"),
             int8=True,
-            options=("opset", "dynamo"),
+            options=(("opset", DEFAULT_OPSET), ("dynamo", False)),
         ),
         FormatSpec(
             "executorch",
@@ -109,22 +128,3 @@ def format_spec(name: str) -> FormatSpec:
         return FORMATS[name]
     except KeyError:
         raise ValueError(f"unsupported export format {name!r}; supported: {', '.join(FORMATS)}") from None
-
-
-DEFAULT_OPSET = 18
-DEFAULT_TOLERANCE = 1e-4
-"""Max abs difference of an fp32 artifact's embeddings from PyTorch's."""
-
-DEFAULT_MIN_COSINE = 0.995
-"""An int8 (or fp16) export fails when the mean cosine of its embeddings to fp32 falls below this on
-the calibration or the held-out inputs. Measured with real weights and images; random-weight test
-models have unrepresentative activations, so tests pass a lower value."""
-
-DEFAULT_MIN_AGREEMENT = 0.9
-"""An int8 export with labels fails when fewer than this fraction of images keep their fp32 zero-shot
-top-1 label, for either tower alone or both together."""
-
-HELD_OUT_EVERY = 4
-"""Every 4th calibration image / caption (sorted by name) is held out: used only to report fidelity."""
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -111,11 +111,14 @@ def _transform(preprocess_cfg: dict[str, Any], geo) -> Callable[[Any], torch.Ten
     )
 
 
-def _check_options(spec: FormatSpec, options: dict[str, Any]) -> None:
-    unknown = sorted(set(options) - set(spec.options))
+def _format_options(spec: FormatSpec, options: dict[str, Any]) -> dict[str, Any]:
+    """The format's own options: its defaults, overridden by ``options``; unknown ones are an error."""
+    defaults = dict(spec.options)
+    unknown = sorted(set(options) - set(defaults))
     if unknown:
-        takes = ", ".join(spec.options) or "none"
+        takes = ", ".join(defaults) or "none"
         raise ValueError(f"export options {unknown} do not apply to {spec.name} (it takes: {takes})")
+    return {**defaults, **options}
 
 
 def export_loaded(
@@ -145,7 +148,7 @@ def export_loaded(
     ``options`` are the format's own (:attr:`FormatSpec.options`, e.g. ``opset`` for ONNX).
     """
     spec = format_spec(format)
-    _check_options(spec, options)
+    options = _format_options(spec, options)
     if int8 and not spec.int8:
         int8_formats = ", ".join(f.name for f in FORMATS.values() if f.int8)
         raise ValueError(f"--int8 is supported for {int8_formats}, not {format!r}")
