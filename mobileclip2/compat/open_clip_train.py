@@ -35,7 +35,6 @@ DATA_NAMES = (
     "expand_urls",
     "get_dataset_size",
     "log_and_continue",
-    "tarfile_to_samples_nothrow",
 )
 
 
