@@ -351,6 +351,65 @@ def _cut_inside_header(source: str, target: Path, member: int) -> bytes:
     return data
 
 
+def _shard_bytes(samples) -> tuple[bytes, list[int]]:
+    """A shard written by reinforce's writer, and the offset of each member's header."""
+    import io
+
+    from mobileclip2.reinforce.storage import write_samples
+
+    buffer = io.BytesIO()
+    write_samples(buffer, samples)
+    with tarfile.open(fileobj=io.BytesIO(buffer.getvalue())) as tar:
+        return buffer.getvalue(), [member.offset for member in tar.getmembers()]
+
+
+SAMPLES = [{"__key__": f"{i:03d}", "jpg": bytes([i]) * 700, "txt": b"caption"} for i in range(3)]
+DATA, HEADERS = _shard_bytes(SAMPLES)
+END = HEADERS[-1] + 1024  # the last member: header + 1 data block; then the end-of-archive blocks
+
+
+@pytest.mark.parametrize(
+    "cut, offset, read, problem",
+    [
+        (0, 0, 0, "the stream is empty"),
+        (HEADERS[2] + 100, HEADERS[2] + 100, 0, "ends inside a tar header"),  # the issue's cut
+        (HEADERS[2], HEADERS[2], 0, "ends before the end-of-archive blocks"),
+        (HEADERS[2] + 600, HEADERS[2] + 600, 1, "unexpected end of data inside member '001.jpg'"),
+        (END, END, 2, "ends before the end-of-archive blocks"),
+        (END + 512, END + 512, 2, "ends inside the end-of-archive blocks"),
+    ],
+)
+def test_a_shard_is_complete_or_an_error_with_its_offset(cut, offset, read, problem):
+    import io
+
+    from mobileclip2.errors import ShardReadError
+    from mobileclip2.reinforce.storage import read_samples
+
+    with pytest.raises(ShardReadError) as damaged:
+        read_samples(io.BytesIO(DATA[:cut]), "in/000.tar")
+    assert (damaged.value.offset, damaged.value.samples_read) == (offset, read)
+    assert problem in str(damaged.value) and f"in/000.tar is not a readable tar file at byte {offset}" in str(
+        damaged.value
+    )
+    assert read_samples(io.BytesIO(DATA[: END + 1024]), "in/000.tar") == SAMPLES  # the blocks: complete
+
+
+def test_a_corrupt_header_or_a_lone_zero_block_is_an_error():
+    import io
+
+    from mobileclip2.errors import ShardReadError
+    from mobileclip2.reinforce.storage import read_samples
+
+    flipped = bytearray(DATA)
+    flipped[HEADERS[3] + 2] ^= 0x20  # '001.txt' -> '0\x1101.txt': the checksum no longer matches
+    with pytest.raises(ShardReadError, match=f"at byte {HEADERS[3]}: invalid tar header .bad checksum"):
+        read_samples(io.BytesIO(bytes(flipped)))
+    zeroed = bytearray(DATA)
+    zeroed[HEADERS[4] : HEADERS[4] + 512] = bytes(512)  # a header wiped: more data follows the zeros
+    with pytest.raises(ShardReadError, match=f"at byte {HEADERS[4]}: a lone zero block"):
+        read_samples(io.BytesIO(bytes(zeroed)))
+
+
 def test_a_truncated_input_shard_fails_or_is_recorded_failed_and_never_finished(ws, tmp_path, capsys):
     plain = tmp_path / "in"
     whole = _cut_inside_header(ws["plain"][0], plain / "00000.tar", member=3)  # sample 1's first member
