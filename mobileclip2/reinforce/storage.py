@@ -130,7 +130,8 @@ class _Damaged(Exception):
 class _StrictTarInfo(tarfile.TarInfo):
     """A header reader that refuses what tarfile's stream mode passes over in silence: a stream that
     ends inside or instead of a header, a header with a bad checksum, a lone end-of-archive block.
-    (``TarInfo.fromtarfile`` is tarfile's documented hook for reading one member.)"""
+    (``TarInfo.fromtarfile`` is tarfile's documented hook for reading one member; past the checks
+    its body is tarfile's own, Python 3.10 - 3.13.)"""
 
     @classmethod
     def fromtarfile(cls, tar):
@@ -190,7 +191,8 @@ def iter_samples(stream: IO[bytes], source: str = "<stream>") -> Iterator[dict[s
             raise
         offset = tar.fileobj.tell() if tar is not None else None
         inside = f" inside member {member.name!r}" if member is not None else ""
-        raise ShardReadError(source, f"{error}{inside} (a copy cut short?)", offset, count) from error
+        hint = " (a copy cut short?)" if isinstance(error, (tarfile.TarError, EOFError)) else ""
+        raise ShardReadError(source, f"{error}{inside}{hint}", offset, count) from error
 
 
 def read_samples(stream: IO[bytes], source: str = "<stream>") -> list[dict[str, Any]]:
