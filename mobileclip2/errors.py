@@ -163,6 +163,30 @@ class ShardStorageError(MobileCLIP2Error, OSError):
     """A shard that cannot be read or written (missing input, failing pipe: command, not a tar file)."""
 
 
+class ShardReadError(ShardStorageError):
+    """A shard whose tar stream is truncated or corrupt: it names the shard, the byte offset and how
+    many whole samples came before the damage, so a reader can count what it lost."""
+
+    def __init__(self, source: str, problem: str, offset: int | None, samples_read: int):
+        self.source, self.problem, self.offset, self.samples_read = source, problem, offset, samples_read
+        where = "" if offset is None else f" at byte {offset}"
+        super().__init__(
+            f"shard {source} is not a readable tar file{where}: {problem} "
+            f"(after {samples_read} whole samples); copy or make the shard again, or leave it out"
+        )
+
+    def __reduce__(self):  # rebuilt from its fields when it travels between processes
+        return type(self), (self.source, self.problem, self.offset, self.samples_read)
+
+
+class OutputLockedError(MobileCLIP2Error, OSError):
+    """Another live process holds the write lock of an output file (two runs writing one output)."""
+
+
+class RankDisagreementError(MobileCLIP2Error, ValueError):
+    """The ranks of one torchrun job were started with different arguments; the message names them."""
+
+
 class ExportParityError(MobileCLIP2Error, RuntimeError):
     """An exported artifact disagrees with PyTorch beyond the tolerance, or an int8 artifact falls
     below the fidelity threshold; the export is not moved into place."""

@@ -11,11 +11,15 @@ goes through here, so all of them keep the same promises:
 * Temporaries carry their writer in their name (``.NAME.tmp-HOST-PID-RANDOM``). A later writer
   removes one only when it can prove the writer is gone: same host, and no process with that pid.
   A temporary of another host (a shared file system) or of a live process is left alone.
+* A writer that computes a file for long (a DR shard) holds its lock (:func:`exclusive_lock`,
+  ``.NAME.lock`` beside it) meanwhile, so a second writer of the same file fails at once instead of
+  racing the first to the rename.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -26,10 +30,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import OutputLockedError
+
 __all__ = [
     "PAUSE_BEFORE_REPLACE_ENV",
     "atomic_output",
     "default_file_mode",
+    "exclusive_lock",
     "fsync_dir",
     "process_alive",
     "remove_stale_temporaries",
@@ -158,3 +165,74 @@ def staging_dir(dst: str | os.PathLike) -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _try_lock(handle: int, path: Path) -> bool:
+    """Take the exclusive lock of the open file ``handle`` without waiting; False when another
+    process holds it. A file system that cannot lock at all is an error, not "locked"."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(handle, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:  # flock, not lockf: a lock per open file, so a second open in this process is refused too
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK):
+            return False
+        raise OSError(
+            error.errno,
+            f"cannot lock {path} ({error.strerror}); the file system offers no locks: "
+            "write the output to a local disk or to a shared file system with locking",
+        ) from error
+    return True
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def exclusive_lock(dst: str | os.PathLike) -> Iterator[Path]:
+    """Hold the writer's lock of ``dst`` (the file ``.NAME.lock`` beside it) while the block runs.
+
+    Why: two runs (or a leftover process of an earlier run) writing the same output would both do
+    the work and the later rename would silently win; with the lock the second raises
+    OutputLockedError at once, naming the holder. The kernel drops the lock when its process dies
+    (kill -9 too), so a dead writer's lock file never blocks a rerun; the holder removes the file.
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    path = dst.parent / f".{dst.name}.lock"
+    while True:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        if not _try_lock(handle, path):
+            os.close(handle)
+            raise OutputLockedError(
+                f"{dst} is being written by another process ({_holder(path)}, lock file {path}): "
+                "two runs write into the same output. Wait for the other run to finish (or stop it), "
+                "then rerun; finished files are kept"
+            )
+        try:  # the previous holder may have removed the file between our open and our lock
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(handle), current):
+            break
+        os.close(handle)
+    try:
+        os.ftruncate(handle, 0)
+        os.write(handle, f"host {_host()} pid {os.getpid()}\n".encode())
+        yield path
+    finally:
+        with contextlib.suppress(OSError):  # Windows cannot remove an open file: the next holder reuses it
+            path.unlink()
+        os.close(handle)

@@ -23,6 +23,7 @@ with a clear error otherwise).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ from torch import nn
 from .errors import TeacherError
 from .shapes import image_height_width
 
-__all__ = ["TeacherEnsemble", "TeacherError", "parse_teacher_specs"]
+__all__ = ["TeacherEnsemble", "TeacherError", "check_model_specs", "parse_teacher_specs"]
 
 
 _NO_PRETRAINED = {"", "n/a", "none", "null"}
@@ -61,6 +62,26 @@ def parse_teacher_specs(
         (name, None if tag is None or tag.lower() in _NO_PRETRAINED else tag)
         for name, tag in zip(names, tags)
     ]
+
+
+def check_model_specs(specs: Sequence[tuple[str, str | None]], role: str = "teacher") -> None:
+    """Refuse model names, pretrained tags and files that cannot load, without loading anything.
+
+    Why: `mobileclip2 reinforce` checks every argument before it writes into the output folder, so
+    a typo fails with nothing written and the corrected rerun starts clean. ``hf-hub:`` names are
+    checked when they are downloaded."""
+    from .compat.factory import check_model_and_tag
+
+    for name, pretrained in specs:
+        if name.startswith("local-dir:"):
+            folder = os.path.expanduser(name[len("local-dir:") :])
+            if not os.path.isfile(os.path.join(folder, "open_clip_config.json")):
+                raise TeacherError(
+                    f"{role} {name!r}: {folder} holds no open_clip_config.json; "
+                    "local-dir: must name an open_clip model folder"
+                )
+        elif not name.startswith("hf-hub:"):
+            check_model_and_tag(name, pretrained)
 
 
 @dataclass

@@ -103,6 +103,21 @@ def files(tmp_path_factory) -> dict[str, str]:
     out["no_syn_shard"] = _tar(
         root / "nosyn-000.tar", [{"jpg": _jpg(), "txt": b"red", "paug.json": paug, "npz": npz.getvalue()}]
     )
+    two = _tar(root / "two-000.tar", [{"jpg": _jpg(), "txt": b"red"}, {"jpg": _jpg(), "txt": b"blue"}])
+    with tarfile.open(two) as tar:
+        third = tar.getmembers()[2].offset  # sample 1's first header
+    whole = Path(two).read_bytes()
+    (root / "truncated-000.tar").write_bytes(whole[: third + 100])  # a copy that died half way
+    out["truncated_shard"] = str(root / "truncated-000.tar")
+    damaged = bytearray(whole)
+    damaged[third + 3] ^= 0x55  # a flipped bit in a member name: the header's checksum fails
+    (root / "checksum-000.tar").write_bytes(bytes(damaged))
+    out["checksum_shard"] = str(root / "checksum-000.tar")
+    (root / "in").mkdir()
+    (root / "in" / "000.tar").write_bytes(whole)
+    (root / "link").symlink_to(root / "in", target_is_directory=True)  # the input folder by another name
+    (root / "foreign").mkdir()
+    (root / "foreign" / "config.json").write_text('{"model": "a config of something else"}')
     return out
 
 
@@ -232,6 +247,63 @@ def _nan_weights(role):
     return call
 
 
+def _plan(sources, output, overwrite=True):
+    from mobileclip2.reinforce.manifest import plan_run
+    from mobileclip2.reinforce.storage import Output
+
+    def call(files):
+        root = files["root"]
+        plan_run([s.format(root=root) for s in sources], Output(output.format(root=root)), {}, overwrite)
+
+    return call
+
+
+def _read_shard(key):
+    from mobileclip2.reinforce.storage import read_shard
+
+    return lambda files: read_shard(files[key])
+
+
+def _second_lock(files):
+    from mobileclip2.files import exclusive_lock
+
+    with (
+        exclusive_lock(Path(files["root"]) / "locked.tar"),
+        exclusive_lock(Path(files["root"]) / "locked.tar"),
+    ):
+        pass
+
+
+def _ranks_disagree(files):
+    from mobileclip2.reinforce import distributed
+
+    gather = distributed.gather
+    distributed.gather = lambda value: [value, {**value, "seed": 1}]  # rank 1 given --seed 1
+    try:
+        distributed.require_agreement({"seed": 0, "inputs": ["000.tar"]})
+    finally:
+        distributed.gather = gather
+
+
+def _node_local(files):
+    from mobileclip2.reinforce.generate import _check_listed_shards
+    from mobileclip2.reinforce.storage import Output
+
+    record = {"shard": "000.tar", "bytes": 10240, "rank": 1, "host": "node-b"}
+    _check_listed_shards(Output(Path(files["root"]) / "foreign"), [record])  # 000.tar is not there
+
+
+def _call(module, name, *args):
+    def call(files):
+        import importlib
+
+        getattr(importlib.import_module(module), name)(
+            *(files.get(a, a) if isinstance(a, str) else a for a in args)
+        )
+
+    return call
+
+
 def _convert_check(src, dst, overwrite=False):
     from mobileclip2.commands.convert import check_destination
 
@@ -243,6 +315,11 @@ def _rows() -> list[Row]:
         CheckpointMismatchError,
         CorruptCheckpointError,
         DependencyVersionError,
+        OutputLockedError,
+        RankDisagreementError,
+        ReinforceOutputError,
+        ShardReadError,
+        ShardStorageError,
         UnknownModelError,
         UnknownPretrainedTagError,
     )
@@ -385,6 +462,105 @@ def _rows() -> list[Row]:
             DRDataError,
             ("5 of 10 samples read",),
             ("--dataset-reinforcement-max-skip-fraction",),
+        ),
+        Row(
+            "shard-truncated",
+            _read_shard("truncated_shard"),
+            ShardReadError,
+            ("truncated-000.tar is not a readable tar file at byte", "ends inside a tar header", "after 0"),
+            ("copy or make the shard again",),
+        ),
+        Row(
+            "shard-bad-checksum",
+            _read_shard("checksum_shard"),
+            ShardReadError,
+            ("checksum-000.tar is not a readable tar file at byte", "bad checksum"),
+            ("copy or make the shard again",),
+        ),
+        Row(
+            "train-first-shard-truncated",
+            _inspect("truncated_shard"),
+            DRDataError,
+            ("first training shard cannot be read", "truncated-000.tar", "at byte"),
+            ("copy or make the shard again",),
+        ),
+        Row(
+            "train-resume-runs-code",
+            _call("mobileclip2.compat.open_clip_train", "weights_only_pt_load", "evil"),
+            CorruptCheckpointError,
+            ("could not be read", "evil.pt"),
+            ("download it again",),
+        ),
+        # reinforce: outputs, arguments, ranks
+        Row(
+            "reinforce-output-is-input-by-symlink",
+            _plan(["{root}/in/000.tar"], "{root}/link"),
+            ReinforceOutputError,
+            ("could be overwritten", "it is the output file '000.tar'"),
+            ("choose an --output folder that holds no input",),
+        ),
+        Row(
+            "reinforce-pipe-reads-output",
+            _plan(["pipe:cat {root}/in/000.tar"], "{root}/in"),
+            ReinforceOutputError,
+            ("its command reads", "inside the output folder"),
+            ("choose an --output folder",),
+        ),
+        Row(
+            "reinforce-overwrite-foreign-config",
+            _plan(["{root}/in/000.tar"], "{root}/foreign"),
+            ReinforceOutputError,
+            ("not written by `mobileclip2 reinforce`", "--overwrite must not delete"),
+            ("Choose another --output",),
+        ),
+        Row(
+            "reinforce-teacher-typo",
+            _call("mobileclip2.teachers", "check_model_specs", [("RN5O", None)]),
+            UnknownModelError,
+            ("Unknown model name 'RN5O'",),
+            ("Did you mean: RN50",),
+        ),
+        Row(
+            "reinforce-teacher-folder",
+            _call("mobileclip2.teachers", "check_model_specs", [("local-dir:/no/such/model", None)]),
+            TeacherError,
+            ("/no/such/model holds no open_clip_config.json",),
+            ("local-dir: must name an open_clip model folder",),
+        ),
+        Row(
+            "reinforce-aug-config",
+            _call("mobileclip2.reinforce.generate", "check_augmentation_config", {"sharpen": {}}),
+            ValueError,
+            ("--aug-config cannot be used", "unknown augmentation 'sharpen'"),
+            ("known:",),
+        ),
+        Row(
+            "reinforce-unsafe-key",
+            _call("mobileclip2.reinforce.storage", "write_samples", io.BytesIO(), [{"__key__": "../x"}]),
+            ShardStorageError,
+            ("refusing to write sample key '../x'", "key with '..'"),
+            (),
+        ),
+        Row(
+            "reinforce-second-writer",
+            _second_lock,
+            OutputLockedError,
+            ("locked.tar is being written by another process", "pid"),
+            ("Wait for the other run to finish",),
+        ),
+        Row(
+            "reinforce-ranks-disagree",
+            _ranks_disagree,
+            RankDisagreementError,
+            ("rank 1 was given seed=1, rank 0 seed=0",),
+            ("same command line",),
+        ),
+        Row(
+            "reinforce-node-local-output",
+            _node_local,
+            ReinforceOutputError,
+            ("'000.tar', written by rank 1 on host node-b",),
+            ("storage they all share", "one reinforce per node"),
         ),
         # training arguments and environment
         Row(
@@ -534,6 +710,12 @@ CLI_ROWS = [
         ["no labels"],
     ),
     ("unknown-subcommand", ["frobnicate"], 2, ["invalid choice"]),
+    (
+        "reinforce-teacher-typo",
+        ["reinforce", "{plain_shard}", "--output", "{root}/typo-out", "--teachers", "RN5O"],
+        1,
+        ["Unknown model name 'RN5O'", "Did you mean: RN50"],
+    ),
 ]
 
 _CLI_SCRIPT = """

@@ -257,6 +257,59 @@ def test_hooks_delegate_when_no_dr_flags_and_are_restored():
     assert torch.nn.parallel.DistributedDataParallel is ddp
 
 
+class _RunsCode:
+    """A pickled object that touches a marker file when unpickled: what a resume must never run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path(self.marker).touch, ())
+
+
+def test_resume_reads_checkpoints_without_running_pickled_code(tmp_path, monkeypatch):
+    """open_clip_train 3.3.0 reads --resume with torch.load and no weights_only: under torch < 2.6
+    (simulated here) that runs a crafted checkpoint's code. Through our entry it is refused, while a
+    real training checkpoint (model, optimizer, scaler) still loads."""
+    import functools
+
+    import torch
+    from open_clip_train import main as train_main
+
+    from mobileclip2.compat import open_clip_train as compat
+    from mobileclip2.errors import CorruptCheckpointError
+
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"epoch": 1, "state_dict": _RunsCode(marker)}, evil)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), betas=(0.9, 0.98))
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    checkpoint = {
+        "epoch": 2,
+        "name": "run",
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+    }
+    checkpoint["scaler"] = torch.amp.GradScaler("cpu").state_dict()
+    torch.save(checkpoint, tmp_path / "epoch_2.pt")
+    monkeypatch.setattr(torch, "load", functools.partial(torch.load, weights_only=False))  # torch < 2.6
+
+    original = train_main.pt_load
+    with compat.open_clip_train_hooks({}) as module:
+        with pytest.raises(CorruptCheckpointError, match="evil.pt' could not be read"):
+            module.pt_load(str(evil), map_location="cpu")
+        assert not marker.exists()
+        loaded = module.pt_load(str(tmp_path / "epoch_2.pt"), map_location="cpu")
+        assert loaded["epoch"] == 2 and loaded["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.98)
+    assert train_main.pt_load is original
+    original(str(evil))  # the test can fail: open_clip_train's own reader runs the code
+    assert marker.exists()
+
+
 def test_cpu_safe_ddp_only_drops_cpu_device_ids():
     import torch
 

@@ -312,11 +312,11 @@ def damaged_shard(ws, tmp_path_factory):
 
 
 def _stage_output(ws, shard, tally, tokenizer, min_image_size=None):
-    from open_clip_train.data import SharedEpoch, tarfile_to_samples_nothrow
+    from open_clip_train.data import SharedEpoch
 
-    from mobileclip2.train.data import _prepare_stage
+    from mobileclip2.train.data import _prepare_stage, read_shards
 
-    raws = tarfile_to_samples_nothrow([{"url": shard}])
+    raws = read_shards([{"url": shard}], tally)
     return list(
         _prepare_stage(
             raws, _student_augmentation(ws), tokenizer, DRSampling(), SharedEpoch(0), min_image_size, tally
@@ -429,3 +429,64 @@ def test_loader_logs_each_epochs_skips_and_judges_them(ws, damaged_shard, tokeni
         r"more than --dataset-reinforcement-max-skip-fraction 0.05",
     ):
         list(loader(0.05))
+
+
+def _cut_inside_header(source: str, target, member: int) -> int:
+    """Copy shard ``source`` to ``target`` cut inside the header of its ``member``-th member; -> the
+    number of members per sample."""
+    import tarfile
+
+    data = open(source, "rb").read()
+    with tarfile.open(source) as tar:
+        members = tar.getmembers()
+    target.write_bytes(data[: members[member].offset + 100])
+    return sum(1 for m in members if m.name.split(".")[0] == members[0].name.split(".")[0])
+
+
+def test_truncated_and_missing_shards_are_named_and_counted(ws, tmp_path):
+    from mobileclip2.train.data import SKIP_SHARD, SkipTally, read_shards
+
+    good, cut, missing = ws["dr"][0], tmp_path / "cut.tar", tmp_path / "missing.tar"
+    per_sample = _cut_inside_header(ws["dr"][1], cut, member=0)
+    _cut_inside_header(ws["dr"][1], cut, member=5 * per_sample)  # inside sample 5's first header
+    tally = SkipTally()
+    samples = list(read_shards([{"url": good}, {"url": str(cut)}, {"url": str(missing)}], tally))
+    assert [s["__url__"] for s in samples] == [good] * 12 + [str(cut)] * 4  # sample 4 may lack members
+    counts = tally.take()
+    # cut: 12 (the size of the shard read whole) - 4 read; missing: 12
+    assert counts["skipped"] == {SKIP_SHARD: 8 + 12} and counts["seen"] == 20
+    assert "cut.tar" in counts["examples"][SKIP_SHARD] and "at byte" in counts["examples"][SKIP_SHARD]
+    first = SkipTally()
+    list(read_shards([{"url": str(missing)}], first))
+    assert first.take()["skipped"] == {SKIP_SHARD: 1}  # no shard read whole yet: at least 1
+
+
+def test_a_missing_shard_reaches_the_skip_fraction(ws, tokenizer, tmp_path):
+    args = _args(ws, train_data=f"{ws['dr'][0]}::{tmp_path / 'missing.tar'}", train_num_samples=40)
+    args.dataset_reinforcement_max_skip_fraction = 0.05
+    loader = build_dr_dataloader(args, _student_augmentation(ws), DRSampling(), tokenizer).dataloader
+    with pytest.raises(DRDataError, match=r"shard cannot be read .*missing.tar"):
+        list(loader)
+
+
+def test_skips_after_the_last_batch_still_reach_the_monitor():
+    """A shard lost at the end of a worker's list: no batch follows to carry its count."""
+    from mobileclip2.train.data import SKIP_SHARD, SkipMonitor, SkipTally, batches
+
+    tally = SkipTally()
+
+    def samples():
+        for _ in range(4):
+            tally.read()
+            yield {"image": torch.zeros(3, 2, 2), "text": torch.zeros(3), "syn_text": None, "teacher": None}
+        tally.lose_shard("shards/001.tar", 6, FileNotFoundError("no such file"))
+
+    monitor = SkipMonitor(batches(samples(), 2, False, tally), max_fraction=1.0)
+    assert [batch[0].shape[0] for batch in monitor] == [2, 2]  # the item that carries counts is taken out
+    assert monitor.last_epoch["seen"] == 10 and monitor.last_epoch["skipped"] == {SKIP_SHARD: 6}
+
+
+def test_a_truncated_first_shard_fails_the_check_before_training(ws, tmp_path):
+    _cut_inside_header(ws["dr"][0], tmp_path / "cut.tar", member=2)
+    with pytest.raises(DRDataError, match=r"first training shard cannot be read: shard .*cut.tar .*at byte"):
+        inspect_shards(str(tmp_path / "cut.tar"), DRSampling())

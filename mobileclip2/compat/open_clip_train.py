@@ -12,6 +12,11 @@ be callable, else a clear error names what is missing.
 ``main()`` also wraps the model as ``DistributedDataParallel(model, device_ids=[device])``, which torch
 rejects for CPU devices; while the hooks are active, DDP is the CPU-safe class of ``compat.ddp``.
 
+``--resume`` is read by ``main()`` through its module-level ``pt_load`` (open_clip_train 3.3.0:
+``file_utils.pt_load``, ``torch.load`` without ``weights_only``, which unpickles code under
+torch < 2.6). While the hooks are active that name is :func:`weights_only_pt_load`; a version
+without ``pt_load`` is left as it is.
+
 The DR loader (``mobileclip2.train.data``) is shaped like ``open_clip_train.data.get_wds_dataset`` and
 reuses its pieces, which are module names there rather than documented API: ``DATA_NAMES`` below,
 imported from this module (``from mobileclip2.compat.open_clip_train import DataInfo``) so that a
@@ -35,7 +40,6 @@ DATA_NAMES = (
     "expand_urls",
     "get_dataset_size",
     "log_and_continue",
-    "tarfile_to_samples_nothrow",
 )
 
 
@@ -94,6 +98,25 @@ def open_clip_train_main_module():
     return train_main
 
 
+RESUME_LOADER = "pt_load"
+
+
+def weights_only_pt_load(file_path, map_location=None):
+    """open_clip_train's ``pt_load`` (a path or fsspec URL, ``map_location``) reading with
+    ``weights_only=True``: a training checkpoint holds tensors, numbers and strings, nothing that
+    needs code to run, so a file that does is refused as corrupt instead of being executed."""
+    import fsspec
+    import torch
+
+    from ..errors import CorruptCheckpointError
+
+    with fsspec.open(file_path, "rb") as stream:
+        try:
+            return torch.load(stream, map_location=map_location, weights_only=True)
+        except Exception as error:  # noqa: BLE001 - refused pickles and damaged files alike: re-raised
+            raise CorruptCheckpointError(str(file_path), error) from error
+
+
 class open_clip_train_hooks:  # noqa: N801 - used like a function: `with open_clip_train_hooks(...) as m:`
     """Context manager: ``{name: make_wrapper(original) -> replacement}`` for OPEN_CLIP_TRAIN_HOOKS."""
 
@@ -104,6 +127,7 @@ class open_clip_train_hooks:  # noqa: N801 - used like a function: `with open_cl
         self.wrappers = dict(wrappers)
         self.originals: dict[str, Callable] = {}
         self.ddp_original = None
+        self.resume_loader = None
 
     def __enter__(self):
         import torch
@@ -115,6 +139,9 @@ class open_clip_train_hooks:  # noqa: N801 - used like a function: `with open_cl
             setattr(train_main, name, make(self.originals[name]))
         self.ddp_original = torch.nn.parallel.DistributedDataParallel
         torch.nn.parallel.DistributedDataParallel = cpu_safe_ddp_class(self.ddp_original)
+        self.resume_loader = getattr(train_main, RESUME_LOADER, None)
+        if callable(self.resume_loader):
+            setattr(train_main, RESUME_LOADER, weights_only_pt_load)
         return train_main
 
     def __exit__(self, *exc_info):
@@ -124,4 +151,6 @@ class open_clip_train_hooks:  # noqa: N801 - used like a function: `with open_cl
             setattr(self.module, name, original)
         if self.ddp_original is not None:
             torch.nn.parallel.DistributedDataParallel = self.ddp_original
+        if callable(self.resume_loader):
+            setattr(self.module, RESUME_LOADER, self.resume_loader)
         return False

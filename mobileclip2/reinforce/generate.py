@@ -22,6 +22,12 @@ So a shard's bytes depend on its content and the arguments only, not on the worl
 which rank made it. Decoding and augmentation run in DataLoader workers, teachers in the main
 process on the rank's device. What is finished is recorded in the output (:mod:`.manifest`), so a
 rerun resumes.
+
+Failure (docs/training.md, "What reinforce promises on failure"): every argument is checked
+before anything is written; a damaged input shard fails the run (``on_bad_shard="record"``: is
+recorded as failed, never as finished); a sample whose teacher embeddings are not finite is
+skipped with its reason (``on_nonfinite="fail"``: fails the run); each output shard is written
+under its lock, whole or not at all.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,11 +50,18 @@ import torch
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from ..augment import Augmentation, decode_image, enabled_steps
+from ..errors import ReinforceOutputError, ShardStorageError
 from ..shapes import height_width
 from ..system import PRECISIONS, torch_dtype
-from ..teachers import TeacherEnsemble, TeacherError, parse_teacher_specs, require_finite_weights
+from ..teachers import (
+    TeacherEnsemble,
+    TeacherError,
+    check_model_specs,
+    parse_teacher_specs,
+    require_finite_weights,
+)
 from . import distributed, storage
-from .manifest import CONFIG, MANIFEST, RECORDS, Plan, plan_run, record_name
+from .manifest import CONFIG, MANIFEST, Plan, plan_run, record_name, request_digest
 from .shards import (
     EMBEDDING_KEYS,
     encode_augmentation_params,
@@ -64,6 +78,13 @@ __all__ = [
     "reinforce",
     "sample_seed",
 ]
+
+# Reasons a sample is left out (keys of the summary and of the manifest's skipped lists), beside
+# the input's own problems (no image, no caption, ...).
+SKIP_UNSAFE_KEY = "unsafe key (absolute or with '..')"
+SKIP_NONFINITE = "non-finite teacher embedding"
+ON_BAD_SHARD = ("fail", "record")
+ON_NONFINITE = ("skip", "fail")
 
 
 # Apple's DataCompDR augmentation (training/configs/datacompdr12m.json); the crop size defaults to
@@ -94,6 +115,8 @@ class ReinforceOptions:
     precision: str = "auto"  # teachers' and captioner's dtype; auto: bf16 on CUDA, fp32 elsewhere
     num_workers: int = 0  # DataLoader processes decoding and augmenting (0: in the main process)
     progress: bool = False  # a tqdm bar per rank (images/s, ETA)
+    on_bad_shard: str = "fail"  # an unreadable input shard: fail the run, or record it as failed
+    on_nonfinite: str = "skip"  # NaN/inf teacher embeddings: skip the sample, or fail the run
 
 
 @dataclass
@@ -104,6 +127,8 @@ class ReinforceReport:
     samples: int = 0  # samples written by this run
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     skipped_keys: list[dict] = field(default_factory=list)  # {"shard", "key", "reason"}
+    failed: list[dict] = field(default_factory=list)  # records of input shards that could not be read
+    records: dict[str, dict] = field(default_factory=dict)  # shard name -> finished record (manifest.json)
     devices: list[dict] = field(default_factory=list)  # per rank: device, images, seconds, images_per_s
     config_path: str = ""
     seconds: float = 0.0
@@ -143,6 +168,23 @@ def augmentation_config(config: Mapping[str, Any] | None, teachers: TeacherEnsem
                 f"({[m.size for m in teachers.members]}); raise the crop size to the largest teacher's"
             )
     return config
+
+
+def check_augmentation_config(config: Any) -> None:
+    """Refuse an augmentation config that cannot be built, before anything is written or loaded
+    (a crop size left to the teachers gets a stand-in: their sizes are known only once loaded)."""
+    if config is None:
+        return
+    if not isinstance(config, Mapping):
+        raise ValueError(f"--aug-config must be a JSON object, got {type(config).__name__}")
+    trial = copy.deepcopy(dict(config))
+    crop = trial.get("random_resized_crop")
+    if isinstance(crop, dict) and crop.get("size") is None:
+        crop["size"] = [224, 224]
+    try:
+        Augmentation.from_config(trial)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"--aug-config cannot be used: {error}") from None
 
 
 def unit_range_augmentation(config: Mapping[str, Any]) -> Augmentation:
@@ -232,6 +274,8 @@ class ShardViews(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         item: dict[str, Any] = {"index": index, "key": sample["__key__"], "skip": None}
+        if storage.unsafe_key(sample["__key__"]) is not None:
+            return {**item, "skip": SKIP_UNSAFE_KEY}
         member = image_key(sample)
         if member is None:
             return {**item, "skip": "no image"}
@@ -278,10 +322,11 @@ def embed_items(
     options: ReinforceOptions,
     captioner: Captioner | None = None,
     caption_seed: int = 0,
-) -> list[dict[str, Any]]:
-    """Prepared items of one batch (no skips) -> their output samples, in order."""
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Prepared items of one batch (no skips) -> (their output samples in order, the skipped ones as
+    ``{"key", "reason"}``: those whose teacher embeddings hold NaN or inf, e.g. an fp16 overflow)."""
     if not items:
-        return []
+        return [], []
     device = next(teachers.parameters()).device
     count = options.num_augmentations
     views = torch.cat([item["views"] for item in items]).to(device, non_blocking=True)
@@ -309,8 +354,12 @@ def embed_items(
             for owner, row in zip(owners[start : start + options.batch_size], rows):
                 text_emb.setdefault(owner, []).append(row)
 
-    out = []
+    out, skipped = [], []
     for i, item in enumerate(items):
+        rows = [image_emb[i], *(torch.stack(r) for (owner, _), r in text_emb.items() if owner == i)]
+        if not all(bool(torch.isfinite(row).all()) for row in rows):
+            skipped.append({"key": item["key"], "reason": SKIP_NONFINITE})
+            continue
         sample = dict(samples[item["index"]])
         for stale in EMBEDDING_KEYS:
             sample.pop(stale, None)
@@ -324,7 +373,7 @@ def embed_items(
         if syn[i]:
             sample["syn.json"] = encode_synthetic_captions(syn[i])
         out.append(sample)
-    return out
+    return out, skipped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,13 +469,40 @@ def _teacher_specs(teachers: TeacherEnsemble | Sequence) -> list[tuple[str, str 
     return [(name, tag) for name, tag in specs]
 
 
-def _prepare_output(output: storage.Output, record: dict, overwrite: bool) -> None:
-    """Rank 0, before any teacher loads: clear what --overwrite redoes, then write config.json
-    (an existing one with the same request is kept: it may already be complete)."""
+def _check_options(options: ReinforceOptions) -> None:
+    if options.num_augmentations < 1 or options.batch_size < 1:
+        raise ValueError("num_augmentations and batch_size must be >= 1")
+    if options.on_bad_shard not in ON_BAD_SHARD:
+        raise ValueError(f"on_bad_shard must be one of {ON_BAD_SHARD}, got {options.on_bad_shard!r}")
+    if options.on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {options.on_nonfinite!r}")
+
+
+def _arguments(sources: Sequence[str], output: str, request: Mapping[str, Any], options: ReinforceOptions):
+    """What every rank must have been given alike: the request, the inputs, the output, the policies."""
+    return {
+        **request,
+        "inputs": list(sources),
+        "output": output,
+        "overwrite": options.overwrite,
+        "on_bad_shard": options.on_bad_shard,
+        "on_nonfinite": options.on_nonfinite,
+    }
+
+
+def _prepare_output(output: storage.Output, plan: Plan, record: dict, overwrite: bool) -> None:
+    """Rank 0, once every argument was checked: prove the folder takes files; with ``overwrite``
+    remove this run's own records and shards (records first: a shard without one is redone), and
+    nothing else in the folder; then write config.json (one with the same request is kept: it may
+    already be complete)."""
+    output.prepare()
     if overwrite:
-        output.remove(RECORDS)
+        for name in plan.names:
+            output.remove(record_name(name))
+        for name in plan.names:
+            output.remove(name)
         output.remove(MANIFEST)
-    if overwrite or output.read_json(CONFIG) is None:
+    if overwrite or plan.replace_config or output.read_json(CONFIG) is None:
         output.write_json(CONFIG, record)
 
 
@@ -440,18 +516,26 @@ def _progress(options: ReinforceOptions, rank: int, shards: int):
     )
 
 
+@dataclass
+class _Tools:
+    """What a rank with shards to make holds: the teachers, the augmentation, the captioner."""
+
+    teachers: TeacherEnsemble
+    augmentation: Augmentation
+    captioner: Captioner | None
+
+
 def _reinforce_shard(
     source: str,
     name: str,
     samples: list[dict],
     output: storage.Output,
-    teachers: TeacherEnsemble,
-    augmentation: Augmentation,
+    tools: _Tools,
     options: ReinforceOptions,
-    captioner: Captioner | None,
     bar,
 ) -> dict[str, Any]:
     """One shard: decode/augment in workers, embed in batches, commit, record. -> its manifest record."""
+    teachers, augmentation, captioner = tools.teachers, tools.augmentation, tools.captioner
     started = time.perf_counter()
     dataset = ShardViews(samples, name, augmentation, options, captioner.preprocess if captioner else None)
     loader = torch.utils.data.DataLoader(
@@ -469,7 +553,16 @@ def _reinforce_shard(
             {"key": item["key"], "reason": item["skip"]} for item in batch if item["skip"] is not None
         ]
         seed = sample_seed(options.seed, name, batch[0]["key"])
-        written += embed_items(kept, samples, teachers, options, captioner, seed)
+        embedded, nonfinite = embed_items(kept, samples, teachers, options, captioner, seed)
+        if nonfinite and options.on_nonfinite == "fail":
+            keys = [skip["key"] for skip in nonfinite]
+            raise TeacherError(
+                f"the teachers' embeddings of {len(keys)} samples of {source} hold NaN or inf (first: "
+                f"{keys[0]!r}); nothing of this shard was written. Low precision can overflow: rerun with "
+                "--precision fp32, or with --on-nonfinite skip to leave such samples out (they are counted)"
+            )
+        written += embedded
+        skipped += nonfinite
         if bar is not None:
             bar.update(len(batch))
     embedded = time.perf_counter()
@@ -486,6 +579,101 @@ def _reinforce_shard(
     }
 
 
+def _check_arguments(
+    specs: Sequence[tuple[str, str | None]], options: ReinforceOptions, loaded: bool
+) -> None:
+    """Every argument that can be checked without loading a model, before anything is written."""
+    if not loaded:
+        check_model_specs(specs, "teacher")
+    if options.captioner:
+        check_model_specs([(options.captioner, options.captioner_pretrained)], "captioner")
+    check_augmentation_config(options.augmentation)
+
+
+def _bad_shard(source: str, name: str, error: ShardStorageError, options: ReinforceOptions) -> dict:
+    """An input shard that cannot be read: fail the run, or (``on_bad_shard="record"``) its failed
+    record -- never a finished one, so a rerun retries it."""
+    if options.on_bad_shard == "fail":
+        raise ShardStorageError(
+            f"{error}. Rerun once it is fixed (finished shards are kept), or pass --on-bad-shard record "
+            "to record it as failed and go on with the other shards"
+        ) from error
+    return {
+        "shard": name,
+        "input": source,
+        "status": "failed",
+        "samples_read": getattr(error, "samples_read", 0),
+        "error": str(error),
+    }
+
+
+def _make_shards(
+    mine: Sequence[tuple[str, str]],
+    output: storage.Output,
+    tools: _Tools | None,
+    options: ReinforceOptions,
+    log: Callable[[str], None],
+    stamp: Mapping[str, Any],
+) -> tuple[list[dict], int, float]:
+    """This rank's shards, each under its lock: read (the next one is read while this one is
+    embedded), reinforce, commit, record. -> (records, images, busy seconds)."""
+    rank = stamp["rank"]
+    bar = _progress(options, rank, len(mine))
+    records, images, busy = [], 0, 0.0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reinforce-read") as reader:
+        reads = [reader.submit(storage.read_shard, source) for source, _ in mine[:1]]
+        for position, (source, name) in enumerate(mine):
+            with output.lock(name):
+                read_started = time.perf_counter()
+                try:
+                    samples, failed = reads[position].result(), None
+                except ShardStorageError as error:
+                    samples, failed = [], _bad_shard(source, name, error, options)
+                waited = time.perf_counter() - read_started
+                if position + 1 < len(mine):
+                    reads.append(reader.submit(storage.read_shard, mine[position + 1][0]))
+                if failed is not None:
+                    shard_record = {**failed, **stamp}
+                    output.write_json(record_name(name), shard_record)
+                    records.append(shard_record)
+                    log(f"{source}: FAILED, recorded in {output.display(record_name(name))}")
+                    continue
+                if bar is not None and bar.total is None:
+                    bar.total = len(samples) * len(mine)
+                shard_record = _reinforce_shard(source, name, samples, output, tools, options, bar)
+                shard_record["seconds"]["read_wait"] = round(waited, 3)
+                shard_record.update(stamp)
+                output.write_json(record_name(name), shard_record)  # after the commit: finished is finished
+            records.append(shard_record)
+            images += len(samples)
+            busy += sum(shard_record["seconds"].values())
+            if bar is not None:
+                bar.set_description(f"rank {rank}: {position + 1}/{len(mine)} shards")
+            log(
+                f"{source} -> {output.display(name)}: {shard_record['samples']} samples"
+                + (f", {len(shard_record['skipped'])} skipped" if shard_record["skipped"] else "")
+            )
+    if bar is not None:
+        bar.close()
+    return records, images, busy
+
+
+def _check_listed_shards(output: storage.Output, records: Sequence[Mapping[str, Any]]) -> None:
+    """Rank 0, before manifest.json: every shard a rank recorded as written is in the output as
+    recorded. Why: ranks on several machines that each write into a node-local folder of the same
+    name would otherwise leave a manifest listing shards that are not there."""
+    missing = [record for record in records if output.size(record["shard"]) != record["bytes"]]
+    if missing:
+        first = missing[0]
+        raise ReinforceOutputError(
+            f"{len(missing)} shards recorded as written are not in {output.url} as recorded (e.g. "
+            f"{first['shard']!r}, written by rank {first.get('rank')} on host {first.get('host')}): the "
+            "ranks wrote into different folders of that name (node-local disks?). Give every node an "
+            "--output on storage they all share, or run one reinforce per node with its own --output; "
+            "manifest.json was not written"
+        )
+
+
 def reinforce(
     inputs: Sequence[str | Path],
     output_dir: str | Path,
@@ -498,11 +686,11 @@ def reinforce(
     ``inputs``: paths, brace patterns, ``pipe:`` commands or fsspec URLs; ``output_dir``: a path
     or fsspec URL. ``teachers``: a loaded ensemble, or ``(name, pretrained)`` specs loaded on this
     rank's device only after the output has been checked. Under ``torch.distributed`` every rank
-    calls this with the same arguments and takes its share of the pending shards.
+    calls this with the same arguments (checked: a rank given others fails every rank) and takes
+    its share of the pending shards; a rank without one loads no model.
     """
     options = options or ReinforceOptions()
-    if options.num_augmentations < 1 or options.batch_size < 1:
-        raise ValueError("num_augmentations and batch_size must be >= 1")
+    _check_options(options)
     started = time.perf_counter()
     rank, world = distributed.world()
     device, dtype = resolve_device(options.device, options.precision)
@@ -514,58 +702,39 @@ def reinforce(
     output = storage.Output(output_dir)
     record = config_record(specs, options)
     record["request"]["precision"] = precision
+    distributed.require_agreement(_arguments(sources, output.url, record["request"], options))
 
     def check_and_start() -> tuple[Plan, bool]:
         plan = plan_run(sources, output, record["request"], options.overwrite)
-        _prepare_output(output, record, options.overwrite)
+        _check_arguments(specs, options, loaded=isinstance(teachers, TeacherEnsemble))
+        _prepare_output(output, plan, record, options.overwrite)
         return plan, "reinforce" in (output.read_json(CONFIG) or {})
 
     plan, config_complete = distributed.on_rank0(check_and_start)
     mine = plan.share(rank, world)
-    if plan.pending or not config_complete:  # else all done: no teacher to load
+    tools = None
+    if mine or (rank == 0 and not config_complete):  # else nothing to make: no model to load
         if not isinstance(teachers, TeacherEnsemble):
             teachers = TeacherEnsemble.load(specs, device=device)
         teachers = teachers.to(device=device, dtype=dtype)
         config = augmentation_config(options.augmentation, teachers)
-        augmentation = unit_range_augmentation(config)
         captioner = None
         if options.captioner and mine:
             captioner = Captioner(options.captioner, options.captioner_pretrained, device, dtype)
+        tools = _Tools(teachers, unit_range_augmentation(config), captioner)
         if rank == 0:
             full = config_record(specs, options, config, teachers)
             full["request"]["precision"] = precision
             output.write_json(CONFIG, full)
 
-    bar = _progress(options, rank, len(mine))
-    records, images, busy = [], 0, 0.0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reinforce-read") as reader:
-        reads = [reader.submit(storage.read_shard, source) for source, _ in mine[:1]]
-        for position, (source, name) in enumerate(mine):
-            read_started = time.perf_counter()
-            samples = reads[position].result()  # reading the next shard overlaps this one's work
-            waited = time.perf_counter() - read_started
-            if position + 1 < len(mine):
-                reads.append(reader.submit(storage.read_shard, mine[position + 1][0]))
-            if bar is not None and bar.total is None:
-                bar.total = len(samples) * len(mine)
-            shard_record = _reinforce_shard(
-                source, name, samples, output, teachers, augmentation, options, captioner, bar
-            )
-            shard_record["seconds"]["read_wait"] = round(waited, 3)
-            shard_record.update(rank=rank, device=str(device), precision=precision)
-            output.write_json(record_name(name), shard_record)  # after the commit: finished means finished
-            records.append(shard_record)
-            images += len(samples)
-            busy += sum(shard_record["seconds"].values())
-            if bar is not None:
-                bar.set_description(f"rank {rank}: {position + 1}/{len(mine)} shards")
-            log(
-                f"{source} -> {output.display(name)}: {shard_record['samples']} samples"
-                + (f", {len(shard_record['skipped'])} skipped" if shard_record["skipped"] else "")
-            )
-    if bar is not None:
-        bar.close()
-
+    stamp = {
+        "rank": rank,
+        "host": socket.gethostname(),
+        "device": str(device),
+        "precision": precision,
+        "request_sha256": request_digest(record["request"]),
+    }
+    records, images, busy = _make_shards(mine, output, tools, options, log, stamp)
     mine_summary = {
         "rank": rank,
         "device": str(device),
@@ -574,46 +743,60 @@ def reinforce(
         "images_per_s": round(images / busy, 3) if busy else None,
         "records": records,
     }
-    everyone = distributed.gather(mine_summary)
+    report = _report(plan, distributed.gather(mine_summary), output)
+    report.seconds = time.perf_counter() - started
+    if rank == 0:
+        _check_listed_shards(output, [report.records[name] for name in report.written])
+        output.write_json(MANIFEST, _manifest(plan, report, world))
+    return report
+
+
+def _report(plan: Plan, everyone: Sequence[dict], output: storage.Output) -> ReinforceReport:
+    """Every rank's summary (with its records) -> the run's report (records in ``report.records``
+    and ``report.failed``, for manifest.json)."""
     report = ReinforceReport(config_path=output.display(CONFIG))
     report.shards = [output.display(name) for name in plan.names]
     report.resumed = sorted(plan.finished)
-    all_records = {name: dict(entry) for name, entry in plan.finished.items()}
+    report.records = {name: dict(entry) for name, entry in plan.finished.items()}
     for summary in everyone:
         for shard_record in summary.pop("records"):
-            all_records[shard_record["shard"]] = shard_record
+            if shard_record.get("status") == "failed":
+                report.failed.append(shard_record)
+                continue
+            report.records[shard_record["shard"]] = shard_record
             report.written.append(shard_record["shard"])
             report.samples += shard_record["samples"]
             for skip in shard_record["skipped"]:
                 report.skipped[skip["reason"]] = report.skipped.get(skip["reason"], 0) + 1
                 report.skipped_keys.append({"shard": shard_record["shard"], **skip})
         report.devices.append(summary)
-    report.seconds = time.perf_counter() - started
-    if rank == 0:
-        output.write_json(
-            MANIFEST,
-            {
-                "shards": [all_records[name] for name in plan.names if name in all_records],
-                "last_run": {
-                    "world_size": world,
-                    "written": report.written,
-                    "resumed": report.resumed,
-                    "samples": report.samples,
-                    "skipped": report.skipped,
-                    "devices": report.devices,
-                    "seconds": round(report.seconds, 3),
-                },
-            },
-        )
     return report
 
 
+def _manifest(plan: Plan, report: ReinforceReport, world: int) -> dict[str, Any]:
+    return {
+        "shards": [report.records[name] for name in plan.names if name in report.records],
+        "failed": report.failed,
+        "last_run": {
+            "world_size": world,
+            "written": report.written,
+            "resumed": report.resumed,
+            "failed": [record["shard"] for record in report.failed],
+            "samples": report.samples,
+            "skipped": report.skipped,
+            "devices": report.devices,
+            "seconds": round(report.seconds, 3),
+        },
+    }
+
+
 def summary_lines(report: ReinforceReport) -> list[str]:
-    """The final summary a person reads: shards, samples, skips with reasons, images/s per device."""
+    """The final summary a person reads: shards, samples, skips with reasons, failed input shards,
+    images/s per device."""
     skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(report.skipped.items())) or "none"
     lines = [
         f"{len(report.shards)} shards: {len(report.written)} written, "
-        f"{len(report.resumed)} already finished; "
+        f"{len(report.resumed)} already finished, {len(report.failed)} failed; "
         f"{report.samples} samples written, skipped: {skipped}; {report.seconds:.1f} s",
     ]
     for device in report.devices:
@@ -626,4 +809,11 @@ def summary_lines(report: ReinforceReport) -> list[str]:
         lines.append(f"  skipped {skip['shard']}:{skip['key']} ({skip['reason']})")
     if len(report.skipped_keys) > 20:
         lines.append(f"  ... {len(report.skipped_keys) - 20} more skipped keys in manifest.json")
+    for failed in report.failed:
+        lines.append(f"  FAILED {failed['shard']} ({failed['samples_read']} samples read): {failed['error']}")
+    if report.failed:
+        lines.append(
+            f"  {len(report.failed)} input shards could not be read and have no output shard; fix them and "
+            "rerun the same command to make just those"
+        )
     return lines

@@ -101,6 +101,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="redo every shard and replace config.json (default: resume a run with the same arguments)",
     )
     parser.add_argument(
+        "--on-bad-shard",
+        choices=["fail", "record"],
+        default="fail",
+        help="an input shard that cannot be read (missing, truncated, corrupt): fail the run (default), "
+        "or record it as failed in the manifest and go on; either way it is never taken for finished, "
+        "a rerun retries it, and the exit status is 1",
+    )
+    parser.add_argument(
+        "--on-nonfinite",
+        choices=["skip", "fail"],
+        default="skip",
+        help="a sample whose teacher embeddings hold NaN or inf (e.g. an fp16/bf16 overflow): skip it "
+        "with its reason in the manifest and summary (default), or fail the run",
+    )
+    parser.add_argument(
         "--dist-timeout-hours",
         type=float,
         default=72.0,
@@ -114,14 +129,24 @@ def _load_aug_config(value: str | None):
 
     if value is None:
         return None
-    text = (
-        Path(value).read_text(encoding="utf-8")
-        if value.strip().endswith(".json") and Path(value).is_file()
-        else value
-    )
-    config = json.loads(text)
+    if value.strip().startswith("{"):
+        text = value
+    else:
+        try:
+            text = Path(value).expanduser().read_text(encoding="utf-8")
+        except OSError as error:
+            raise ValueError(f"--aug-config {value!r} is neither JSON nor a readable file: {error}") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--aug-config {value!r} is not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--aug-config must hold a JSON object, got {type(config).__name__}")
     # Accept Apple's whole DR config file as well as the bare image_augmentation section.
-    return config.get("reinforce", {}).get("image_augmentation", config)
+    section = config.get("reinforce")
+    if isinstance(section, dict) and "image_augmentation" in section:
+        return section["image_augmentation"]
+    return config
 
 
 def _default_workers(device: str) -> int:
@@ -170,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
             precision=args.precision,
             num_workers=_default_workers(args.device) if args.workers is None else args.workers,
             progress=sys.stderr.isatty() if args.progress is None else args.progress,
+            on_bad_shard=args.on_bad_shard,
+            on_nonfinite=args.on_nonfinite,
         )
         specs = parse_teacher_specs(args.teachers, args.teachers_pretrained)
         report = reinforce(
@@ -187,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         for line in summary_lines(report):
             print(line, flush=True)
         print(f"train with: --dataset-reinforcement --dataset-reinforcement-config {report.config_path}")
-    return 0
+    return 1 if report.failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

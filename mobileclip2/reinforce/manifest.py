@@ -15,14 +15,16 @@ Layout of an output folder:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ReinforceOutputError
-from .storage import Output, shard_name
+from .storage import Output, find_alias, shard_name
 
-__all__ = ["Plan", "plan_run", "record_name"]
+__all__ = ["Plan", "is_reinforce_config", "plan_run", "record_name", "request_digest"]
 
 CONFIG = "config.json"
 MANIFEST = "manifest.json"
@@ -33,6 +35,32 @@ def record_name(shard: str) -> str:
     return f"{RECORDS}/{shard}.json"
 
 
+def request_digest(request: Mapping[str, Any]) -> str:
+    """sha256 of the request: every shard record carries it, so a record left by a run with other
+    arguments (an --overwrite of fewer inputs keeps the rest) is never taken for finished."""
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def is_reinforce_config(config: Any) -> bool:
+    """Whether a config.json was written by `mobileclip2 reinforce` (it has our request and signature)."""
+    return (
+        isinstance(config, dict)
+        and isinstance(config.get("request"), dict)
+        and str(config.get("created_by", "")).startswith("mobileclip2 ")
+        and str(config.get("created_by", "")).endswith(" reinforce")
+    )
+
+
+def finished(record: Any, digest: str) -> bool:
+    """Whether a shard record says the shard was made, by a run with the request of ``digest``
+    (records written before the digest existed are trusted: their config.json matched)."""
+    return (
+        isinstance(record, dict)
+        and record.get("status", "finished") == "finished"
+        and record.get("request_sha256", digest) == digest
+    )
+
+
 @dataclass
 class Plan:
     """Inputs with their output names; which are finished already and which must be (re)done."""
@@ -40,6 +68,7 @@ class Plan:
     sources: list[str]
     names: list[str]
     finished: dict[str, dict] = field(default_factory=dict)  # name -> manifest record
+    replace_config: bool = False  # config.json is of a run with other arguments that wrote no shard
 
     @property
     def pending(self) -> list[tuple[str, str]]:
@@ -72,27 +101,42 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]
 
 
+def _written_files(names: Sequence[str]) -> list[str]:
+    return [*names, CONFIG, MANIFEST, *(record_name(name) for name in names)]
+
+
 def plan_run(sources: Sequence[str], output: Output, request: Mapping[str, Any], overwrite: bool) -> Plan:
     """Check the output folder against this run and list what is left to do; writes nothing.
 
-    * same ``request`` in config.json: finished shards (record present, file of the recorded size,
-      made from the same input) are skipped, the rest redone;
+    * no input may be a file this run writes (real paths, URLs, ``pipe:`` commands);
+    * a config.json not written by reinforce is refused, ``overwrite`` or not;
+    * same ``request`` in config.json: finished shards (record of this request, file of the recorded
+      size, made from the same input) are skipped, the rest redone;
+    * another ``request``: refused, unless that run wrote no shard (its config.json is replaced);
     * no config.json: every output shard must be absent;
-    * ``overwrite``: everything is redone, whatever is there.
+    * ``overwrite``: everything is redone.
     """
     sources = list(sources)
     if not sources:
         raise ReinforceOutputError("no input shards given")
     names = output_names(sources)
     plan = Plan(sources, names)
-    for source, name in zip(sources, names):
-        if output.local and _same_file(source, output.path(name)):
-            raise ReinforceOutputError(
-                f"output shard {output.display(name)} would overwrite its input {source}"
-            )
+    alias = find_alias(sources, output, _written_files(names))
+    if alias is not None:
+        source, why = alias
+        raise ReinforceOutputError(
+            f"input {source} could be overwritten by this run's output in {output.url} ({why}); "
+            "choose an --output folder that holds no input and is not the input folder under another name"
+        )
+    existing = output.read_json(CONFIG)
+    if existing is not None and not is_reinforce_config(existing):
+        raise ReinforceOutputError(
+            f"{output.display(CONFIG)} was not written by `mobileclip2 reinforce` (it has no request "
+            "or created_by of ours): the folder holds something else, which --overwrite must not "
+            "delete. Choose another --output"
+        )
     if overwrite:
         return plan
-    existing = output.read_json(CONFIG)
     if existing is None:
         present = [name for name in names if output.exists(name)]
         if present:
@@ -103,20 +147,21 @@ def plan_run(sources: Sequence[str], output: Output, request: Mapping[str, Any],
                 "Choose another --output or pass --overwrite to replace them"
             )
         return plan
-    old_request = existing.get("request") if isinstance(existing, dict) else None
-    if old_request != dict(request):
-        changes = (
-            _differences(old_request or {}, request) if isinstance(old_request, dict) else ["(no request)"]
-        )
+    if existing["request"] != dict(request):
+        if _nothing_written(output, names):
+            plan.replace_config = True
+            return plan
+        changes = _differences(existing["request"], request)
         raise ReinforceOutputError(
             f"{output.display(CONFIG)} was written by a reinforce run with different arguments ("
             + "; ".join(changes[:6])
             + "). Rerun with the same arguments to resume, choose another --output, or pass --overwrite to "
             "redo every shard"
         )
+    digest = request_digest(request)
     for source, name in zip(sources, names):
         record = output.read_json(record_name(name))
-        if record is None:
+        if not finished(record, digest):
             continue
         if record.get("input") != source:
             raise ReinforceOutputError(
@@ -129,11 +174,7 @@ def plan_run(sources: Sequence[str], output: Output, request: Mapping[str, Any],
     return plan
 
 
-def _same_file(source: str, target: str) -> bool:
-    import os
-
-    if source.startswith("file://"):
-        source = source[len("file://") :]
-    if "://" in source or source.startswith("pipe:"):
-        return False
-    return os.path.abspath(source) == os.path.abspath(target)
+def _nothing_written(output: Output, names: Sequence[str]) -> bool:
+    """Whether the run that wrote config.json wrote no shard and no record (so its config may go)."""
+    records = [entry for entry in output.listdir(RECORDS) if entry.endswith(".json")]
+    return not records and not any(output.exists(name) for name in names)

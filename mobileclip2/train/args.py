@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.01,
         help="Stop with an error once more than this fraction of the samples read had to be skipped "
-        "(undecodable, incomplete, crop boxes that do not fit the image); size filtering does not count. "
+        "(undecodable, incomplete, crop boxes that do not fit the image, shards that are missing or "
+        "cannot be read to their end); size filtering does not count. "
         "Each epoch's skips are summarized in the log.",
     )
     group.add_argument(

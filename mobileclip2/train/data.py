@@ -21,13 +21,19 @@ open_clip_train.data's own pieces, so DR data is sharded exactly like open_clip_
 Wrong data is never trained on silently: every skipped sample is counted by reason (in the
 loader workers, carried to the training process inside each batch's payload), each epoch ends
 with a summary in the log, and training stops with DRDataError once more than
-``--dataset-reinforcement-max-skip-fraction`` of the samples were skipped. Stored crop boxes are
+``--dataset-reinforcement-max-skip-fraction`` of the samples were skipped. Shards are opened as
+open_clip_train's webdataset loader opens them and read with the package's strict tar reader
+(:func:`mobileclip2.reinforce.storage.iter_samples`, the one reinforce uses): a shard that is
+missing, truncated or corrupt is named in the log and counted as skipped samples (the ones it
+would have held, estimated from the shards read whole, at least 1), so it reaches that limit too;
+the whole samples read before the damage are used. Stored crop boxes are
 checked against the decoded image (an image resized after reinforcement is a skip, not a mostly
 black crop), and batch assembly names the shard and sample key of a sample that does not fit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -51,6 +57,7 @@ from ..reinforce.shards import (
     image_key,
     synthetic_captions,
 )
+from ..reinforce.storage import iter_samples
 
 __all__ = [
     "DRDataError",
@@ -62,6 +69,8 @@ __all__ = [
     "check_stored_crop",
     "inspect_shards",
     "prepare_sample",
+    "read_shards",
+    "shard_samples",
 ]
 
 
@@ -75,6 +84,7 @@ SAMPLE_SHUFFLE_SIZE, SAMPLE_SHUFFLE_INITIAL = 5000, 1000
 SKIP_INCOMPLETE = "no image or no caption"
 SKIP_SMALL = "image smaller than --dataset-reinforcement-filter-image-size (filtered on purpose)"
 SKIP_CROP = "stored crop box does not fit the decoded image (image resized after reinforcement?)"
+SKIP_SHARD = "shard cannot be read (missing, truncated or corrupt)"
 INTENDED_SKIPS = frozenset({SKIP_SMALL})
 DEFAULT_MAX_SKIP_FRACTION = 0.01
 
@@ -299,7 +309,9 @@ def batches(
     samples: Iterable[dict[str, Any]], batch_size: int, partial_batches: bool, tally: SkipTally | None = None
 ) -> Iterator[tuple]:
     """A webdataset stage: group prepared samples into collated batches. With ``tally``, each
-    batch's payload carries the skip counts since the previous batch (key SKIPS_KEY)."""
+    batch's payload carries the skip counts since the previous batch (key SKIPS_KEY), and skips
+    left when the samples end (a shard lost at the end of a worker's list) travel in a last item
+    without a batch, which SkipMonitor takes out."""
     bucket = []
     for sample in samples:
         bucket.append(sample)
@@ -308,6 +320,8 @@ def batches(
             bucket = []
     if bucket and partial_batches:
         yield _with_skips(collate(bucket), tally)
+    if tally is not None and tally.skipped:  # (samples merely read wait for the next batch)
+        yield None, None, {SKIPS_KEY: tally.take(), COUNTS_ONLY_KEY: True}
 
 
 def _with_skips(batch: tuple, tally: SkipTally | None) -> tuple:
@@ -321,6 +335,7 @@ def _with_skips(batch: tuple, tally: SkipTally | None) -> tuple:
 # ---------------------------------------------------------------------------------------------
 
 SKIPS_KEY = "dr_skips"
+COUNTS_ONLY_KEY = "dr_counts_only"  # an item that carries skip counts and no batch
 
 
 @dataclass
@@ -340,6 +355,15 @@ class SkipTally:
             self.examples[reason] = example
             logging.warning(f"DR data: skipping {example} ({reason}); later skips are counted, not logged")
         self.skipped[reason] += 1
+
+    def lose_shard(self, url: str, lost: int, error: Exception) -> None:
+        """A shard that could not be read to its end: the ``lost`` samples it would still have held
+        (at least 1) count as read and skipped. Each one is logged: a lost shard is rare and big."""
+        lost = max(1, lost)
+        self.seen += lost
+        self.skipped[SKIP_SHARD] += lost
+        self.examples.setdefault(SKIP_SHARD, f"shard {url!r}: {error}")
+        logging.warning(f"DR data: counting {lost} samples of shard {url!r} as skipped: {error}")
 
     def take(self) -> dict[str, Any]:
         """Counts since the previous take (a plain dict, cheap to send between processes); resets."""
@@ -386,6 +410,8 @@ class SkipMonitor:
                     totals["examples"].setdefault(reason, example)
                 if totals["seen"] >= min_seen:
                     self.check(totals)
+            if len(batch) > 2 and batch[2].get(COUNTS_ONLY_KEY):
+                continue
             yield batch
         self.last_epoch = totals
         logging.info(self.summary(totals))
@@ -429,14 +455,40 @@ class ShardLayout:
     syn_keys: tuple[str, ...]
 
 
+def shard_samples(url: str) -> Iterator[dict[str, Any]]:
+    """The raw samples of one training shard, in order, with ``__key__`` and ``__url__``. It is
+    opened as open_clip_train's webdataset loader opens it (webdataset's ``gopen``: paths, ``file:``,
+    ``pipe:``, http(s)/scp through curl, ``gs:`` through gsutil) and read with the strict tar reader.
+    Raises OSError (ShardReadError for a damaged shard) once it cannot be opened or read to its end,
+    after the whole samples before the damage."""
+    from webdataset.gopen import gopen
+
+    stream = gopen(url)
+    complete = False
+    try:
+        for sample in iter_samples(stream, url):
+            yield {**sample, "__url__": url}
+        complete = True
+    finally:
+        if complete:
+            stream.close()  # a pipe: command's exit status is checked here
+        else:
+            with contextlib.suppress(Exception):  # the reason is already on its way (or reading stopped)
+                stream.close()
+
+
 def first_sample(urls: str | list[str]) -> dict[str, Any]:
-    """The first raw sample of the first shard (local path or any URL webdataset can open)."""
-    from ..compat.open_clip_train import expand_urls, tarfile_to_samples_nothrow
+    """The first raw sample of the first shard."""
+    from ..compat.open_clip_train import expand_urls
 
     shard = expand_urls(urls)[0][0]
-    for sample in tarfile_to_samples_nothrow([{"url": shard}]):
-        return sample
-    raise DRDataError(f"shard {shard!r} holds no samples (or could not be read)")
+    try:
+        with contextlib.closing(shard_samples(shard)) as samples:
+            for sample in samples:
+                return sample
+    except OSError as error:
+        raise DRDataError(f"the first training shard cannot be read: {error}") from None
+    raise DRDataError(f"shard {shard!r} holds no samples")
 
 
 def inspect_shards(
@@ -506,6 +558,24 @@ def inspect_shards(
 # ---------------------------------------------------------------------------------------------
 
 
+def read_shards(sources: Iterable[Mapping[str, Any]], tally: SkipTally) -> Iterator[dict[str, Any]]:
+    """A webdataset stage: ``{"url": shard}`` -> its raw samples (:func:`shard_samples`). A shard that
+    cannot be opened or read to its end is counted in ``tally`` (:meth:`SkipTally.lose_shard`)
+    instead of being dropped in silence, as webdataset's ``tarfile_to_samples_nothrow`` does."""
+    whole_shards, whole_samples = 0, 0
+    for source in sources:
+        url, count = source["url"], 0
+        try:
+            for sample in shard_samples(url):
+                count += 1
+                yield sample
+        except OSError as error:
+            typical = round(whole_samples / whole_shards) if whole_shards else 0
+            tally.lose_shard(url, typical - count, error)
+        else:
+            whole_shards, whole_samples = whole_shards + 1, whole_samples + count
+
+
 def _prepare_stage(samples, augmentation, tokenizer, sampling, shared_epoch, min_image_size, tally):
     """Decode and prepare each raw sample; count every sample read and every skip in ``tally``."""
     epoch_value = shared_epoch.get_value()
@@ -537,7 +607,6 @@ def build_dr_dataloader(args, augmentation: Augmentation, sampling: DRSampling, 
         detshuffle2,
         expand_urls,
         get_dataset_size,
-        tarfile_to_samples_nothrow,
     )
 
     shards = args.train_data
@@ -567,7 +636,7 @@ def build_dr_dataloader(args, augmentation: Augmentation, sampling: DRSampling, 
             wds.split_by_worker,
         ]
     pipeline += [
-        tarfile_to_samples_nothrow,
+        partial(read_shards, tally=tally),
         wds.shuffle(bufsize=SAMPLE_SHUFFLE_SIZE, initial=SAMPLE_SHUFFLE_INITIAL),
         partial(
             _prepare_stage,
