@@ -7,6 +7,7 @@ hide mistakes in fusing them; the fixtures randomize both so every folded op mat
 from __future__ import annotations
 
 import shutil
+import sys
 
 import open_clip
 import pytest
@@ -288,6 +289,17 @@ def test_package_versions_do_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_package_versions_name_what_is_imported(monkeypatch):
+    """A source checkout on PYTHONPATH (open_clip main) shadows the installed wheel: the export sidecar
+    must record the version that ran, not the wheel's metadata."""
+    import types
+
+    from mobileclip2.system import package_versions
+
+    monkeypatch.setitem(sys.modules, "open_clip", types.SimpleNamespace(__version__="9.9.9.dev0"))
+    assert package_versions("open_clip_torch")["open_clip_torch"] == "9.9.9.dev0"
 
 
 def test_onednn_on_an_unsupported_model_is_a_clear_error():
