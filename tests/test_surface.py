@@ -146,3 +146,17 @@ def test_losing_a_hooked_internal_skips_only_its_feature(item):
     assert lost in warning  # what will not work
     assert "MobileCLIP2-S0" in out and "1 passed, 0 failed; 1 feature skipped" in out
     assert any(line.startswith(item.feature) and "skipped:" in line for line in out.splitlines()), out
+
+
+def test_matrix_runs_rewrite_only_their_own_section():
+    """tools/matrix.py: a run of source checkouts replaces the main-branch section, a full run keeps it,
+    and both rewrite the internals table from the code."""
+    import matrix
+
+    doc = "# Compatibility matrix\n\nrows\n"
+    once = matrix.with_section(doc, "main", "row A")
+    assert matrix.section(once, "main") == "row A" and once.startswith(doc.rstrip("\n"))
+    assert matrix.HEADINGS["main"] in once
+    twice = matrix.with_section(once, "main", "row B")
+    assert matrix.section(twice, "main") == "row B" and twice.count(matrix.HEADINGS["main"]) == 1
+    assert matrix.section(DOC.read_text(encoding="utf-8"), "internals") + "\n" == surface.render_markdown()
