@@ -288,6 +288,25 @@ def test_cpu_safe_ddp_only_drops_cpu_device_ids():
     assert seen[-2:] == [(None, {"static_graph": True}), ([0], {})]
 
 
+def test_channel_loader_pushes_or_hands_the_payload_on():
+    """open_clip_train 3.x: (images, texts) out, payload pushed; >= 4: dict batches with the payload
+    under its key (the task pushes it in loop order); the loop's dict batches are accepted too."""
+    import torch
+
+    from mobileclip2.train.channel import ChannelLoader, StepChannel
+
+    images, texts = torch.zeros(2, 3, 4, 4), torch.zeros(2, 5, dtype=torch.long)
+    payload = {"batch_size": 2, "has_syn": False, "teacher": torch.ones(2, 8)}
+    channel = StepChannel()
+    assert [len(b) for b in ChannelLoader([(images, texts, payload)], channel)] == [2]
+    assert channel.latest(1)[0]["teacher"].shape == (2, 8)
+    batches = list(ChannelLoader([{"image": images, "text": texts}], None, raw_batch=True, payload_key="p"))
+    assert sorted(batches[0]) == ["image", "p", "text"]
+    assert batches[0]["p"]["images"] is images and batches[0]["p"]["batch_size"] == 2
+    with pytest.raises(ValueError, match="channel"):
+        ChannelLoader([], None)
+
+
 def test_student_preprocess_is_read_from_open_clips_train_transform():
     import open_clip
 

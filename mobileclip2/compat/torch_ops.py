@@ -209,6 +209,7 @@ def plain_self_attention(attn: nn.Module) -> bool:
         and weight.dim() == 2
         and weight.shape[0] == 3 * weight.shape[1]
         and isinstance(getattr(attn, "num_heads", None), int)
+        and getattr(attn, "batch_first", True)
         and isinstance(getattr(attn, "out_proj", None), nn.Linear)
         and all(
             isinstance(getattr(attn, name, nn.Identity()), nn.Identity)
