@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from types import ModuleType
 
 from ._common import Internal, open_clip_version
 from .ddp import cpu_safe_ddp_class
@@ -135,7 +136,7 @@ OPEN_CLIP_TRAIN_HOOKS = ("parse_args", "get_data", "create_loss", "create_task")
 PAYLOAD_KEY = "mobileclip2"
 
 
-def training_loop(train_main) -> str:
+def training_loop(train_main: ModuleType) -> str:
     """'task' or 'loss': which hook set ``train_main`` (open_clip_train.main) offers; raises if neither."""
     for kind, names in LOOP_HOOKS.items():
         if all(callable(getattr(train_main, name, None)) for name in (*names, "main")):
@@ -147,7 +148,7 @@ def training_loop(train_main) -> str:
     )
 
 
-def open_clip_train_main_module():
+def open_clip_train_main_module() -> ModuleType:
     """open_clip_train.main, checked for the names mobileclip2.train hooks."""
     try:
         from open_clip_train import main as train_main
