@@ -17,6 +17,8 @@ import tarfile
 import pytest
 from compat_env import CACHE_ROOT, REPO_ROOT, run_python
 
+pytestmark = pytest.mark.slow  # downloads the upstream sdists and runs their tests
+
 PATCHES = sorted((REPO_ROOT / "patches").glob("*.patch"))
 OPEN_CLIP_VERSION = "3.3.0"
 
@@ -105,7 +107,6 @@ import json, sys
 import open_clip, open_clip.model
 from mobileclip2 import _autoload
 
-pytestmark = pytest.mark.slow  # downloads the upstream sdists and runs their tests
 names = open_clip.list_models()
 print(json.dumps({
     "patched": hasattr(open_clip, "load_plugins"),
