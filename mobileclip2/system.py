@@ -74,12 +74,23 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+# Distribution -> the module whose own __version__ wins once it is imported (a source checkout on
+# PYTHONPATH shadows the installed wheel, whose metadata would name the wrong version).
+_IMPORT_NAMES = {"torch": "torch", "open_clip_torch": "open_clip", "timm": "timm"}
+
+
 def package_versions(*dists: str) -> dict[str, str]:
-    """Python, torch and each distribution's installed version, read from package metadata."""
+    """Python, torch and each distribution's version: the imported module's own ``__version__`` where
+    it is already imported (what actually runs), else the installed package metadata."""
     from importlib import metadata
 
     found = {"python": platform.python_version()}
     for dist in ("torch", *dists):
+        module = sys.modules.get(_IMPORT_NAMES.get(dist, ""))
+        version = getattr(module, "__version__", None)
+        if isinstance(version, str):
+            found[dist] = version
+            continue
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

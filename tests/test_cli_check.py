@@ -17,6 +17,24 @@ def test_check_builds_and_runs_a_model(capsys):
     assert out.strip().endswith("2 passed, 0 failed")
 
 
+def test_check_lists_the_features_and_strict_fails_on_a_skipped_one(capsys, monkeypatch):
+    from mobileclip2 import plugin
+
+    assert cli.main(["check", "MobileCLIP2-S0"]) == 0
+    out = capsys.readouterr().out
+    for feature in plugin.FEATURES:
+        assert re.search(rf"^{re.escape(feature.name)}\s+ok$", out, re.MULTILINE), feature.name
+    assert re.search(r"^training hooks \(python -m mobileclip2.train\)\s+ok \(", out, re.MULTILINE)
+
+    state = plugin.registration_state()[1]
+    monkeypatch.setitem(state.features, "CoCa sampling", "AttributeError: gone upstream")
+    assert cli.main(["check", "MobileCLIP2-S0"]) == 0  # the models work: a reduced install, not a broken one
+    out = capsys.readouterr().out
+    assert "CoCa sampling" in out and "skipped: AttributeError: gone upstream" in out
+    assert out.strip().endswith("1 passed, 0 failed; 1 feature skipped")
+    assert cli.main(["check", "--strict", "MobileCLIP2-S0"]) == 1
+
+
 def test_check_fails_loudly_and_keeps_going(capsys):
     assert cli.main(["check", "MobileCLIP2-SO", "MobileCLIP2-S0"]) == 1
     out = capsys.readouterr().out

@@ -9,10 +9,13 @@ and a 256-row text positional embedding.
 
 from __future__ import annotations
 
+import json
+
 import open_clip
 import pytest
 import torch
 from model_support import initialize_what_upstream_leaves_empty
+from train_support import COCA_SAMPLING_CASES as SAMPLING_CASES
 
 from mobileclip2 import plugin
 
@@ -90,8 +93,10 @@ def test_the_full_255_token_context_fits(captioner):
     model, _ = captioner
     image = torch.rand(1, 3, 224, 224)
     text = torch.randint(0, SOT, (1, 255))
-    with torch.no_grad():
-        logits = model(image, text, output_labels=False)["logits"]
+    from mobileclip2.compat.sampling import _forward_options
+
+    with torch.no_grad():  # open_clip <= 3.3 shift the text by one unless output_labels=False; 4.x never
+        logits = model(image, text, **_forward_options(model))["logits"]
     assert logits.shape == (1, 255, VOCAB) and torch.isfinite(logits).all()
 
 
@@ -116,3 +121,62 @@ def test_listed_as_one_of_our_names():
 
     info = model_info(NAME)
     assert info.source == "backfilled" and info.tags == () and info.embed_dim == 768
+
+
+# Sampling on a tiny CoCa: our loop (every open_clip) against open_clip 3.x's own loop.
+
+
+@pytest.fixture(scope="module")
+def tiny_coca(tmp_path_factory):
+    from train_support import COCA_CONFIG
+
+    folder = tmp_path_factory.mktemp("coca_tiny")
+    (folder / "open_clip_config.json").write_text(json.dumps(COCA_CONFIG))
+    torch.manual_seed(0)
+    return open_clip.create_model(f"local-dir:{folder}").eval()
+
+
+def test_sampling_gives_open_clip_3s_tokens(tiny_coca, monkeypatch):
+    """Same seed, same tokens as open_clip's own loop (with transformers' helpers when installed,
+    else the standard helpers of compat.sampling in their place, as they were handed to it before)."""
+    from open_clip import coca_model
+
+    from mobileclip2.compat import sampling
+
+    if not hasattr(coca_model, "GENERATION_TYPES"):
+        pytest.skip(
+            "open_clip >= 4 has no sampling loop of its own: tests/test_upstream_main.py compares "
+            "its tokens with 3.3.0's"
+        )
+    if not coca_model._has_transformers:
+        for name in sampling.__all__:
+            monkeypatch.setattr(coca_model, name, getattr(sampling, name), raising=False)
+        types = dict(top_k=sampling.TopKLogitsWarper, top_p=sampling.TopPLogitsWarper)
+        monkeypatch.setattr(coca_model, "GENERATION_TYPES", types)
+        monkeypatch.setattr(coca_model, "_has_transformers", True)
+    upstream = coca_model.CoCa.generate.__wrapped__
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for kwargs in SAMPLING_CASES:
+        torch.manual_seed(2)
+        ours = tiny_coca.generate(image, **kwargs)
+        torch.manual_seed(2)
+        reference = upstream(tiny_coca, image, **kwargs)
+        assert torch.equal(ours, reference), kwargs
+    assert tiny_coca.training is False
+
+
+def test_beam_search_without_transformers_says_what_to_do(tiny_coca):
+    import inspect
+
+    from open_clip import coca_model
+
+    from mobileclip2.compat.coca import _upstream_generation_available
+    from mobileclip2.errors import GenerationUnavailableError
+
+    takes_config = "generation_config" in inspect.signature(coca_model.CoCa.generate.__wrapped__).parameters
+    if _upstream_generation_available(coca_model, takes_config):
+        pytest.skip("transformers is importable here: upstream runs beam search itself")
+    with pytest.raises(GenerationUnavailableError, match="generation_type='top_p' or 'top_k'"):
+        tiny_coca.generate(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="generation_type must be one of"):
+        tiny_coca.generate(torch.rand(1, 3, 32, 32), generation_type="greedy")

@@ -20,9 +20,8 @@ from model_support import inputs, reference_model
 
 from mobileclip2.export.pipeline import export_loaded
 
-pytestmark = (
-    pytest.mark.slow
-)  # minutes-long ExecuTorch lowering of the real towers; tiny ones: test_export.py
+# Minutes-long ExecuTorch lowering of the real towers; tiny ones: test_export.py.
+pytestmark = pytest.mark.slow
 
 MODELS = ["MobileCLIP2-S0", "MobileCLIP-S0"]
 # Each test makes its own export (minutes each; shared fixtures are cheap): under xdist each test is

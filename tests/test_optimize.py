@@ -7,6 +7,7 @@ hide mistakes in fusing them; the fixtures randomize both so every folded op mat
 from __future__ import annotations
 
 import shutil
+import sys
 
 import open_clip
 import pytest
@@ -288,6 +289,59 @@ def test_package_versions_do_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.skipif(not onednn_available(), reason="torch build without oneDNN ops")
+def test_onednn_block_takes_open_clips_own_attention():
+    """open_clip main's ResidualAttentionBlock holds open_clip.transformer.Attention (3.3.0 has the
+    class too, in its custom blocks): recognised by its parts, same outputs, causal mask or none."""
+    from collections import OrderedDict
+
+    from open_clip.transformer import Attention
+
+    from mobileclip2.compat.torch_ops import plain_self_attention
+
+    class Block(nn.Module):  # main's ResidualAttentionBlock, written out (3.3.0's holds an MHA)
+        def __init__(self, width: int, heads: int):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
+            self.attn = Attention(width, heads)
+            self.mlp = nn.Sequential(
+                OrderedDict(
+                    c_fc=nn.Linear(width, 4 * width), gelu=nn.GELU(), c_proj=nn.Linear(4 * width, width)
+                )
+            )
+
+        def forward(self, x, attn_mask=None):
+            x = x + self.attn(self.ln_1(x), attn_mask=attn_mask)
+            return x + self.mlp(self.ln_2(x))
+
+    torch.manual_seed(0)
+    block = Block(32, 4).eval()
+    for parameter in block.parameters():
+        parameter.data.normal_(0, 0.2)
+    assert plain_self_attention(block.attn) and OneDNNSelfAttentionBlock.supports(block)
+    scaled = Attention(32, 4, scaled_cosine=True)
+    assert not plain_self_attention(scaled)
+    fast = OneDNNSelfAttentionBlock(block).eval()
+    x = torch.randn(2, 7, 32)
+    causal = torch.full((7, 7), float("-inf")).triu(1)
+    with torch.no_grad():
+        for mask in (None, causal):
+            torch.testing.assert_close(
+                fast(x, attn_mask=mask), block(x, attn_mask=mask), atol=1e-5, rtol=1e-5
+            )
+
+
+def test_package_versions_name_what_is_imported(monkeypatch):
+    """A source checkout on PYTHONPATH (open_clip main) shadows the installed wheel: the export sidecar
+    must record the version that ran, not the wheel's metadata."""
+    import types
+
+    from mobileclip2.system import package_versions
+
+    monkeypatch.setitem(sys.modules, "open_clip", types.SimpleNamespace(__version__="9.9.9.dev0"))
+    assert package_versions("open_clip_torch")["open_clip_torch"] == "9.9.9.dev0"
 
 
 def test_onednn_on_an_unsupported_model_is_a_clear_error():

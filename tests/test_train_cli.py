@@ -245,13 +245,15 @@ def test_hooks_delegate_when_no_dr_flags_and_are_restored():
     assert session.wrap_create_loss(lambda args: sentinel)(session.args) is sentinel
     assert session.wrap_get_data(lambda *a, **k: sentinel)(session.args, (None, None)) is sentinel
 
-    originals = {name: getattr(train_main, name) for name in compat.OPEN_CLIP_TRAIN_HOOKS}
+    loop = compat.training_loop(train_main)  # "loss" on open_clip_train 3.x, "task" on main
+    originals = {name: getattr(train_main, name) for name in compat.LOOP_HOOKS[loop]}
     ddp = torch.nn.parallel.DistributedDataParallel
     hooks = {name: (lambda original: lambda *a, **k: original) for name in compat.OPEN_CLIP_TRAIN_HOOKS}
     with pytest.raises(RuntimeError, match="boom"):
         with compat.open_clip_train_hooks(hooks) as module:
             assert module.parse_args([]) is originals["parse_args"]
-            assert torch.nn.parallel.DistributedDataParallel is not ddp
+            # open_clip_train 3.x builds DDP itself (CPU-safe class while hooked); main's tasks do it.
+            assert (torch.nn.parallel.DistributedDataParallel is not ddp) == (loop == "loss")
             raise RuntimeError("boom")
     assert {name: getattr(train_main, name) for name in originals} == originals
     assert torch.nn.parallel.DistributedDataParallel is ddp
@@ -313,7 +315,7 @@ def test_resume_reads_checkpoints_without_running_pickled_code(tmp_path, monkeyp
 def test_cpu_safe_ddp_only_drops_cpu_device_ids():
     import torch
 
-    from mobileclip2.compat.ddp import cpu_safe_ddp_class
+    from mobileclip2.compat.ddp import cpu_safe_ddp_class, cpu_safe_task
 
     seen = []
 
@@ -327,6 +329,35 @@ def test_cpu_safe_ddp_only_drops_cpu_device_ids():
     safe(None, device_ids=[torch.device("cuda:1")])
     safe(None, device_ids=[0])
     assert seen == [None, None, [torch.device("cuda:1")], [0]]
+
+    class FakeTask:  # open_clip_train >= 4: task.prepare_distributed(device_ids=[device], **ddp_args)
+        def prepare_distributed(self, device_ids=None, **ddp_kwargs):
+            seen.append((device_ids, ddp_kwargs))
+            return self
+
+    task = cpu_safe_task(FakeTask())
+    assert task.prepare_distributed(device_ids=[torch.device("cpu")], static_graph=True) is task
+    task.prepare_distributed(device_ids=[0])
+    assert seen[-2:] == [(None, {"static_graph": True}), ([0], {})]
+
+
+def test_channel_loader_pushes_or_hands_the_payload_on():
+    """open_clip_train 3.x: (images, texts) out, payload pushed; >= 4: dict batches with the payload
+    under its key (the task pushes it in loop order); the loop's dict batches are accepted too."""
+    import torch
+
+    from mobileclip2.train.channel import ChannelLoader, StepChannel
+
+    images, texts = torch.zeros(2, 3, 4, 4), torch.zeros(2, 5, dtype=torch.long)
+    payload = {"batch_size": 2, "has_syn": False, "teacher": torch.ones(2, 8)}
+    channel = StepChannel()
+    assert [len(b) for b in ChannelLoader([(images, texts, payload)], channel)] == [2]
+    assert channel.latest(1)[0]["teacher"].shape == (2, 8)
+    batches = list(ChannelLoader([{"image": images, "text": texts}], None, raw_batch=True, payload_key="p"))
+    assert sorted(batches[0]) == ["image", "p", "text"]
+    assert batches[0]["p"]["images"] is images and batches[0]["p"]["batch_size"] == 2
+    with pytest.raises(ValueError, match="channel"):
+        ChannelLoader([], None)
 
 
 def test_student_preprocess_is_read_from_open_clips_train_transform():

@@ -4,6 +4,10 @@
 on PYTHONPATH, shadows the site-packages copies while reusing torch, torchvision and every
 other dependency. Directories are cached under `.cache/compat/` in the repository so that
 repeated runs (and the matrix tool) install each pair once.
+
+Unreleased upstreams come the same way without installing: a source checkout's import directory
+(open_clip's `src/`, timm's repository root) put first on PYTHONPATH. `MOBILECLIP2_OPEN_CLIP_SRC` /
+`MOBILECLIP2_TIMM_SRC` name them for the tests marked `upstream_main` (`source_paths`).
 """
 
 from __future__ import annotations
@@ -76,12 +80,43 @@ def ensure_pair(open_clip_version: str, timm_version: str) -> Path:
     )
 
 
-def env_for(target: Path | None, **extra: str) -> dict[str, str]:
-    """Environment for a subprocess that sees `target` before site-packages."""
+SOURCE_ENV = {"open_clip": "MOBILECLIP2_OPEN_CLIP_SRC", "timm": "MOBILECLIP2_TIMM_SRC"}
+
+
+def source_paths() -> dict[str, Path]:
+    """{"open_clip": dir, "timm": dir} for the source checkouts the environment names (either may be
+    absent); each dir is what goes on PYTHONPATH (the directory holding the package)."""
+    found = {}
+    for package, variable in SOURCE_ENV.items():
+        value = os.environ.get(variable)
+        if value:
+            path = Path(value).expanduser().resolve()
+            if not (path / package / "__init__.py").is_file():
+                raise RuntimeError(
+                    f"{variable}={value} holds no {package}/__init__.py (point it at the import root)"
+                )
+            found[package] = path
+    return found
+
+
+def checkout_revision(path: Path) -> str:
+    """'<short commit>, <commit date>' of the git checkout holding `path`, or '' when it is not one."""
+    proc = subprocess.run(
+        ["git", "-C", str(path), "log", "-1", "--format=%h, %cd", "--date=short"],
+        capture_output=True,
+        text=True,
+    )
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def env_for(target: Path | list[Path] | None, **extra: str) -> dict[str, str]:
+    """Environment for a subprocess that sees `target` (one directory or several, in order) before
+    site-packages."""
     env = dict(os.environ)
     paths = [str(REPO_ROOT)]
     if target is not None:
-        paths.insert(0, str(target))
+        targets = target if isinstance(target, list) else [target]
+        paths[:0] = [str(path) for path in targets]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -89,7 +124,7 @@ def env_for(target: Path | None, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_python(target: Path | None, args: list[str], timeout: float = 900, **extra_env: str):
+def run_python(target: Path | list[Path] | None, args: list[str], timeout: float = 900, **extra_env: str):
     """Run `python args...` with the pair at `target` first on the path; returns CompletedProcess."""
     return subprocess.run(
         [sys.executable, *args],

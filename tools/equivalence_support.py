@@ -60,14 +60,25 @@ def _worker_module():
 
 
 class Candidate(NamedTuple):
-    """An open_clip/timm pair to compare with the reference, optionally with forced backfill."""
+    """An open_clip/timm pair to compare with the reference, optionally with forced backfill.
+
+    ``sources`` (directories put first on PYTHONPATH, e.g. source checkouts of open_clip's and timm's
+    main branches) replace the pip-installed pair; ``pair`` is then only a label.
+    """
 
     pair: tuple[str, str]
     force_backfill: bool = False
+    sources: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
         return "-".join(self.pair) + ("-forced" if self.force_backfill else "")
+
+    def target(self) -> Path | list[Path] | None:
+        """What goes first on the worker's PYTHONPATH (None: this interpreter's own pair)."""
+        if self.sources:
+            return [Path(path) for path in self.sources]
+        return None if self.pair == NEWEST_PAIR else ensure_pair(*self.pair)
 
 
 def default_cases() -> list[tuple[str, str]]:
@@ -201,7 +212,7 @@ class Worker:
     """One persistent equivalence worker process for one candidate (see the worker's protocol)."""
 
     def __init__(self, candidate: Candidate, root: Path, cache: Path, threads: int):
-        target = None if candidate.pair == NEWEST_PAIR else ensure_pair(*candidate.pair)
+        target = candidate.target()
         self.candidate = candidate
         self.root = root
         self.stderr_path = root / f"worker_{candidate.label}.stderr"

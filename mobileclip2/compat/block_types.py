@@ -1,8 +1,8 @@
 """The block classes mobileclip2.optimize recognizes, gathered from timm, open_clip and our models.
 
-Versions handled: timm 0.9.16 - 1.0.31 (``timm.models.fastvit`` defines MobileOneBlock,
-ReparamLargeKernelConv, RepMixerBlock, AttentionBlock, ConvMlp, LayerScale2d; ``timm.layers``
-ConvNormAct) and open_clip_torch 2.24 - 3.3 (``open_clip.transformer.LayerScale``,
+Versions handled: timm 0.9.16 - 1.0.31 and main (1.0.29.dev0) (``timm.models.fastvit`` defines
+MobileOneBlock, ReparamLargeKernelConv, RepMixerBlock, AttentionBlock, ConvMlp, LayerScale2d;
+``timm.layers`` ConvNormAct) and open_clip_torch 2.24 - 3.3 and main (``open_clip.transformer.LayerScale``,
 ``LayerNormFp32``). A class a given release lacks is simply left out of its tuple, so
 ``isinstance(module, BLOCKS.x)`` stays correct: an absent class cannot be instantiated.
 
@@ -17,6 +17,38 @@ import importlib
 from dataclasses import dataclass
 
 from torch import nn
+
+from ._common import Internal
+
+_FASTVIT = "timm.models.fastvit"
+INTERNALS = (
+    *(
+        Internal(
+            f"{_FASTVIT}.{name}",
+            "module class (and its forward's structure)",
+            "optimize / reparameterize of FastViT-MCi towers (plain torch otherwise)",
+            "timm 0.9.16 - main",
+            "the blocks the inference rewrites recognise by type; a missing class is left out of the tuple",
+            "inference",
+        )
+        for name in (
+            "MobileOneBlock",
+            "ReparamLargeKernelConv",
+            "RepMixerBlock",
+            "AttentionBlock",
+            "ConvMlp",
+            "LayerScale2d",
+        )
+    ),
+    Internal(
+        "open_clip.transformer.LayerScale",
+        "module class",
+        "optimize (layer scales folded)",
+        "2.24.0 - main",
+        "folded into the projection before it",
+        "inference.fold",
+    ),
+)
 
 __all__ = ["BlockTypes", "upstream_block_types"]
 

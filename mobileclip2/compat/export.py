@@ -13,7 +13,19 @@ Versions handled: torch 2.1 - 2.14.1, executorch 1.5.1.
 
 from __future__ import annotations
 
+from ._common import Internal
 from .torch_ops import mha_fastpath_disabled  # the one switch (also used for FLOP counting)
+
+INTERNALS = (
+    Internal(
+        "executorch.extension.pybindings.portable_lib._unsafe_reset_threadpool",
+        "private function",
+        "ExecuTorch export thread count",
+        "executorch 1.5.1",
+        "sizes XNNPACK's threadpool before a program is loaded",
+        "export.executorch",
+    ),
+)
 
 __all__ = ["mha_fastpath_disabled", "set_executorch_threads"]
 

@@ -1,13 +1,17 @@
 """open_clip's model factory: clear errors, state_dict converters, preprocessing for local files.
 
-Versions handled: open_clip_torch 2.24.0 - 3.3.0. ``create_model`` / ``create_model_and_transforms``
-call the module-level names ``factory.create_model``, ``factory.download_pretrained``,
-``factory.load_checkpoint`` and ``factory.load_state_dict``, so replacing those attributes covers every
-public entry point (including open_clip_train). ``open_clip/__init__`` re-exports ``create_model`` and
-``load_checkpoint``, so those aliases are replaced too. open_clip >= 2.32 re-raises download failures
-as a bare RuntimeError (unwrapped here); ``factory.convert_state_dict`` exists from 2.26.1 on;
-``force_preprocess_cfg`` is feature-detected from ``create_model``'s signature. Wrappers keep the
-wrapped function as ``__wrapped__`` and never change a successful call's result.
+Versions handled: open_clip_torch 2.24.0 - 3.3.0 and main (4.2.0.dev0). ``create_model`` /
+``create_model_and_transforms`` call the module-level names ``factory.create_model``,
+``factory.download_pretrained``, ``factory.load_checkpoint`` and ``factory.load_state_dict``, so replacing
+those attributes covers every public entry point (including open_clip_train). ``open_clip/__init__``
+re-exports ``create_model`` and ``load_checkpoint``, so those aliases are replaced too (when they are the
+same object). open_clip >= 2.32 re-raises download failures as a bare RuntimeError (unwrapped here);
+``factory.convert_state_dict`` exists from 2.26.1 on; ``force_preprocess_cfg`` is feature-detected from
+``create_model``'s signature. Wrappers keep the wrapped function as ``__wrapped__`` and never change a
+successful call's result.
+
+Each wrapper is its own feature (``FEATURES``): one that does not fit the installed open_clip is skipped
+by mobileclip2.plugin without touching the others.
 """
 
 from __future__ import annotations
@@ -25,7 +29,65 @@ from ..errors import (
     UnknownPretrainedTagError,
     WeightsUnavailableError,
 )
-from ._common import already_wrapped, mark_wrapper
+from ._common import Internal, already_wrapped, mark_wrapper
+
+NAME_ERRORS = "clear errors for names and tags"
+DOWNLOAD_ERRORS = "clear errors for downloads"
+CHECKPOINT_READING = "checkpoint reading"
+MISMATCH_SUMMARIES = "mismatch summaries"
+_ALL = "2.24.0 - main"
+INTERNALS = (
+    Internal(
+        "open_clip.factory.create_model",
+        "replaced function",
+        NAME_ERRORS,
+        _ALL,
+        "wrapped: unknown name / tag errors, local-file preprocessing, download errors surfaced; "
+        "called as (model_name, pretrained, ...)",
+        hook=True,
+    ),
+    Internal(
+        "open_clip.factory.download_pretrained",
+        "replaced function",
+        DOWNLOAD_ERRORS,
+        _ALL,
+        "wrapped: a failed download says where the weights were looked for and what to do",
+        hook=True,
+    ),
+    Internal(
+        "open_clip.factory.load_state_dict",
+        "replaced function",
+        CHECKPOINT_READING,
+        _ALL + "; weights_only from 2.29.0",
+        "wrapped: Apple V1 conversion, safe reading on open_clip < 2.29, unreadable-file errors",
+        hook=True,
+    ),
+    Internal(
+        "open_clip.factory.load_checkpoint",
+        "replaced function",
+        MISMATCH_SUMMARIES,
+        _ALL,
+        "wrapped: a checkpoint that does not fit gets a summary of what is missing / unexpected",
+        hook=True,
+    ),
+    Internal(
+        "open_clip.factory.convert_state_dict",
+        "module function",
+        MISMATCH_SUMMARIES,
+        "2.26.1 - main",
+        "the conversion open_clip applies before loading, repeated for the mismatch summary (optional)",
+    ),
+    *(
+        Internal(
+            f"open_clip.{name}",
+            "replaced alias",
+            feature,
+            _ALL,
+            f"open_clip/__init__ re-exports factory.{name}; replaced together with it",
+        )
+        for name, feature in (("create_model", NAME_ERRORS), ("load_checkpoint", MISMATCH_SUMMARIES))
+    ),
+)
 
 # open_clip's notice for a model built without weights (2.24 - 3.3: on the root logger; 4.x: on
 # "open_clip.factory"), and the loggers it is written to.
@@ -290,27 +352,50 @@ MismatchExplainer = Callable[[Mapping[str, Any], Mapping[str, Any], str], str]
 _EXPLAIN_MISMATCH: list[MismatchExplainer] = []
 
 
-def install_factory_hooks(
+def configure(
     local_file_preprocess: Mapping[str, Mapping[str, Any]], explain_mismatch: MismatchExplainer
 ) -> None:
-    """Clear errors for bad names/tags/files/downloads, state_dict conversion on load,
-    ``local_file_preprocess`` (model name -> preprocess keys) for checkpoints given as file paths,
-    and ``explain_mismatch`` for a checkpoint that does not fit its model."""
+    """``local_file_preprocess`` (model name -> preprocess keys) for checkpoints given as file paths, and
+    ``explain_mismatch`` for a checkpoint that does not fit its model. Touches nothing upstream."""
+    _LOCAL_FILE_PREPROCESS.update({name: dict(cfg) for name, cfg in local_file_preprocess.items()})
+    _EXPLAIN_MISMATCH[:] = [explain_mismatch]
+
+
+# attribute of open_clip.factory -> (wrapper factory, the arguments every known version accepts)
+_WRAPPERS: dict[str, tuple[Callable[[Callable], Callable], tuple]] = {
+    "create_model": (_wrap_create_model, ("name", None)),
+    "download_pretrained": (_wrap_download_pretrained, ({},)),
+    "load_state_dict": (_wrap_load_state_dict, ("path",)),
+    "load_checkpoint": (_wrap_load_checkpoint, (None, "path")),
+}
+FEATURES = {
+    NAME_ERRORS: "create_model",
+    DOWNLOAD_ERRORS: "download_pretrained",
+    CHECKPOINT_READING: "load_state_dict",
+    MISMATCH_SUMMARIES: "load_checkpoint",
+}
+
+
+def install_wrapper(attr: str) -> None:
+    """Wrap ``open_clip.factory.<attr>`` (and its ``open_clip.<attr>`` alias); idempotent.
+
+    Raises AttributeError / TypeError, before changing anything, when the installed open_clip lacks the
+    function or it no longer takes the arguments the wrapper passes through.
+    """
+    import inspect
+
     import open_clip
     from open_clip import factory
 
-    _LOCAL_FILE_PREPROCESS.update({name: dict(cfg) for name, cfg in local_file_preprocess.items()})
-    _EXPLAIN_MISMATCH[:] = [explain_mismatch]
-    wrappers = {
-        "create_model": _wrap_create_model,
-        "download_pretrained": _wrap_download_pretrained,
-        "load_state_dict": _wrap_load_state_dict,
-        "load_checkpoint": _wrap_load_checkpoint,
-    }
-    for attr, make_wrapper in wrappers.items():
-        original = getattr(factory, attr)
-        if not already_wrapped(original):
-            setattr(factory, attr, make_wrapper(original))
-    for attr in ("create_model", "load_checkpoint"):
-        if hasattr(open_clip, attr):
-            setattr(open_clip, attr, getattr(factory, attr))
+    make_wrapper, probe_args = _WRAPPERS[attr]
+    original = getattr(factory, attr)
+    if already_wrapped(original):
+        return
+    try:
+        inspect.signature(original).bind(*probe_args)
+    except TypeError as error:
+        raise TypeError(f"open_clip.factory.{attr}{inspect.signature(original)}: {error}") from None
+    wrapper = make_wrapper(original)
+    setattr(factory, attr, wrapper)
+    if getattr(open_clip, attr, None) is original:
+        setattr(open_clip, attr, wrapper)

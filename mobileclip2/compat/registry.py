@@ -1,12 +1,12 @@
 """open_clip's name registries: model configs and pretrained tags.
 
-Versions handled: open_clip_torch 2.24.0 - 3.3.0 keep the configs in ``factory._MODEL_CONFIGS``
-(name -> dict), rebuilt from ``factory._MODEL_CONFIG_PATHS`` by ``_rescan_model_configs()``; the public
-``add_model_config(path)`` rescans every file on each call and lets a later file override a native name,
-so we add single files for missing names only and insert them directly. Pretrained tags live in
-``pretrained._PRETRAINED`` (name -> tag -> cfg dict). An open_clip carrying our upstream patch
-(patches/0001) has public ``register_model_config`` / ``register_pretrained_cfg``; they are used when
-present. The weight file names open_clip looks for inside an ``org/repo/`` Hub entry are
+Versions handled: open_clip_torch 2.24.0 - 3.3.0 and main (4.2.0.dev0). Configs are added with the
+public ``open_clip.add_model_config(path)``, one file per name open_clip lacks: it rescans every config
+file on each call (a few ms) and lets a later file override a native name, which is why only missing
+names are passed to it. Pretrained tags live in ``pretrained._PRETRAINED`` (name -> tag -> cfg dict);
+no release has a public setter, so that dict is the one private table we write. An open_clip carrying
+our upstream patch (patches/0001) has public ``register_model_config`` / ``register_pretrained_cfg``;
+they are used when present. The weight file names open_clip looks for inside an ``org/repo/`` Hub entry are
 ``HF_WEIGHTS_NAME`` / ``HF_SAFE_WEIGHTS_NAME``: in ``open_clip.constants`` on 3.3.0, in
 ``open_clip.push_to_hf_hub`` on 2.24.0 (found by feature detection). Config defaults (the width,
 vocabulary, context length or image size a config leaves out) are the fields of open_clip's
@@ -19,6 +19,32 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from ._common import Internal
+
+CONFIGS = "model configs"
+TAGS = "pretrained tags"
+INTERNALS = (
+    Internal(
+        "open_clip.pretrained._PRETRAINED",
+        "private attribute",
+        TAGS,
+        "2.24.0 - main",
+        "tags for weights open_clip lacks are inserted (no public setter; patches/0001 adds one)",
+        hook=True,
+    ),
+    *(
+        Internal(
+            f"open_clip.constants.{name}",
+            "module constant",
+            "Hub file names (mobileclip2 info, loading errors, the equivalence tools)",
+            "3.3.0 - main (open_clip.push_to_hf_hub on 2.24.0)",
+            "the file names open_clip reads from an 'org/repo/' Hub entry",
+            "catalog, loading, compat.factory",
+        )
+        for name in ("HF_WEIGHTS_NAME", "HF_SAFE_WEIGHTS_NAME")
+    ),
+)
 
 
 def hub_weight_file_names() -> tuple[str, str]:
@@ -58,14 +84,6 @@ def vision_cfg_default(key: str) -> Any:
     return getattr(CLIPVisionCfg(), key)
 
 
-def native_model_config_names() -> set[str]:
-    """Names open_clip's own config directory defines (ignoring anything added at runtime)."""
-    from open_clip import factory
-
-    native_dir = Path(factory.__file__).parent / "model_configs"
-    return {path.stem for path in native_dir.glob("*.json")}
-
-
 def add_model_config_files(files: Iterable[Path], replace: bool = False) -> list[str]:
     """Register each JSON config whose name open_clip does not know yet; returns names added.
 
@@ -73,6 +91,7 @@ def add_model_config_files(files: Iterable[Path], replace: bool = False) -> list
     (``register(force_backfill=True)``), never for normal use. An open_clip carrying our upstream
     patch (patches/0001) has a public ``register_model_config``; it is used when present.
     """
+    import open_clip
     from open_clip import factory
 
     public = getattr(factory, "register_model_config", None)
@@ -82,17 +101,11 @@ def add_model_config_files(files: Iterable[Path], replace: bool = False) -> list
         path = Path(path)
         if path.stem in known and not replace:
             continue
-        config = json.loads(path.read_text(encoding="utf-8"))
         if public is not None:
-            public(path.stem, config, overwrite=replace)
+            public(path.stem, json.loads(path.read_text(encoding="utf-8")), overwrite=replace)
         else:
-            factory._MODEL_CONFIG_PATHS.append(path)  # survives a later _rescan_model_configs()
-            factory._MODEL_CONFIGS[path.stem] = config
+            open_clip.add_model_config(path)
         added.append(path.stem)
-    if added and public is None:
-        ordered = sorted(factory._MODEL_CONFIGS.items(), key=lambda item: factory._natural_key(item[0]))
-        factory._MODEL_CONFIGS.clear()
-        factory._MODEL_CONFIGS.update(ordered)
     return added
 
 

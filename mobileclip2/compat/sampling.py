@@ -1,23 +1,29 @@
-"""Token-sampling helpers for open_clip's ``CoCa.generate`` that need no ``transformers`` package.
+"""CoCa top-p / top-k sampling that needs no ``transformers`` package: the loop and its helpers.
 
-open_clip 2.24-3.3 import its sampling helpers (top-p/top-k warpers, min-length and repetition
+open_clip 2.24-3.3 import their sampling helpers (top-p/top-k warpers, min-length and repetition
 logits processors, a max-length stopping criterion) from transformers, in the same try-block as
-``BeamSearchScorer``, which transformers 5 removed. With transformers 5 - or without transformers,
-a multi-second import for every ``import open_clip`` - CoCa cannot caption at all, although sampling
-(what Apple's captioner README uses) needs only a few tensor operations. These classes implement
-the same call protocol, ``processor(input_ids, scores) -> scores``, with the standard definitions;
-:func:`mobileclip2.compat.coca.enable_coca_sampling` hands them to open_clip when its own import
-failed. (They live in compat because they stand in for a library open_clip imports, transformers.)
+``BeamSearchScorer``, which transformers 5 removed; open_clip main (4.x) hands every generation type to
+transformers' GenerationMixin. So without transformers - a multi-second import - CoCa cannot caption at
+all, although sampling (what Apple's captioner README uses) needs only a few tensor operations.
+:func:`sample_coca` is the sampling loop of open_clip 2.24-3.3's ``CoCa.generate``, the helper classes
+below implement transformers' call protocol (``processor(input_ids, scores) -> scores``) with the
+standard definitions; :func:`mobileclip2.compat.coca.enable_coca_sampling` routes ``generate`` to it.
+(They live in compat because they stand in for upstream code.)
 
-Versions handled: open_clip_torch 2.24.0 - 3.3.0 (``coca_model.CoCa.generate`` calls processors as
-``processor(input_ids, scores)`` and stopping criteria as ``criteria(input_ids, scores)``).
+Versions handled: open_clip_torch 2.24.0 - 3.3.0 and main (4.2.0.dev0): ``CoCa.forward(image, text,
+image_latent=, image_embs=)`` returns ``{"image_features", "image_embs"}`` without text and the logits
+with it; up to 3.3.0 it also takes ``output_labels`` (True shifts the text by one, so it is passed as
+False, as 3.3.0's own loop does).
 """
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 __all__ = [
+    "sample_coca",
     "LogitsProcessorList",
     "MinLengthLogitsProcessor",
     "RepetitionPenaltyLogitsProcessor",
@@ -132,3 +138,83 @@ class StoppingCriteriaList(list):
         for criterion in self:
             done = done | torch.as_tensor(criterion(input_ids, scores), device=input_ids.device)
         return Verdicts(bool(flag) for flag in done)
+
+
+def _forward_options(model: torch.nn.Module) -> dict:
+    """Keyword arguments that make ``model(image, text, ...)`` return unshifted logits (see module doc)."""
+    if "output_labels" in inspect.signature(type(model).forward).parameters:
+        return {"output_labels": False}
+    return {}
+
+
+@torch.no_grad()
+def sample_coca(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    text: torch.Tensor | None = None,
+    seq_len: int = 30,
+    max_seq_len: int = 77,
+    temperature: float = 1.0,
+    generation_type: str = "top_p",
+    top_p: float = 0.1,
+    top_k: int = 1,
+    pad_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    sot_token_id: int | None = None,
+    min_seq_len: int = 5,
+    stopping_criteria: list | None = None,
+    repetition_penalty: float = 1.0,
+    fixed_output_length: bool = False,
+) -> torch.Tensor:
+    """Token ids sampled from an open_clip CoCa, as open_clip 2.24-3.3's ``CoCa.generate`` samples them.
+
+    Same steps and the same random draws in the same order, so a seed gives 3.3.0's tokens. Like
+    upstream, the image is encoded in the model's current mode before the loop switches it to eval.
+    """
+    if generation_type not in ("top_p", "top_k"):
+        raise ValueError(f"sample_coca samples (top_p / top_k), got generation_type={generation_type!r}")
+    if not seq_len > min_seq_len:
+        raise ValueError("seq_len must be larger than min_seq_len")
+    device = image.device
+    sot = torch.as_tensor(49406 if sot_token_id is None else sot_token_id, device=device)
+    eos = torch.as_tensor(49407 if eos_token_id is None else eos_token_id, device=device)
+    pad = model.pad_id if pad_token_id is None else pad_token_id
+    processors = LogitsProcessorList(
+        [MinLengthLogitsProcessor(min_seq_len, eos), RepetitionPenaltyLogitsProcessor(repetition_penalty)]
+    )
+    warper = TopPLogitsWarper(top_p) if generation_type == "top_p" else TopKLogitsWarper(top_k)
+    stopping = StoppingCriteriaList(stopping_criteria or [MaxLengthCriteria(seq_len)])
+    encoded = model(image)
+    image_latent, image_embs = encoded["image_features"], encoded["image_embs"]
+    if text is None:
+        text = torch.ones((image.shape[0], 1), device=device, dtype=torch.long) * sot
+    squeeze = text.dim() == 1
+    out = text[None, :] if squeeze else text
+    options = _forward_options(model)
+    was_training = model.training
+    model.eval()
+    try:
+        while True:
+            x = out[:, -max_seq_len:]
+            logits = model(image, x, image_latent=image_latent, image_embs=image_embs, **options)["logits"]
+            logits = logits[:, -1]
+            done = (out[:, -1] == eos) | (out[:, -1] == pad)
+            sample = torch.ones((out.shape[0], 1), device=device, dtype=torch.long) * pad
+            if done.all():
+                if not fixed_output_length:
+                    break
+            else:
+                scores = warper(x[~done, :], processors(x[~done, :], logits[~done, :]))
+                probs = torch.softmax(scores / temperature, dim=-1)
+                if x.shape[1] + 1 == seq_len:
+                    sample[~done, :] = (
+                        torch.ones((int((~done).sum()), 1), device=device, dtype=torch.long) * eos
+                    )
+                else:
+                    sample[~done, :] = torch.multinomial(probs, 1)
+            out = torch.cat((out, sample), dim=-1)
+            if all(stopping(out, None)):
+                break
+    finally:
+        model.train(was_training)
+    return out.squeeze(0) if squeeze else out

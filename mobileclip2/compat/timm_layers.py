@@ -1,6 +1,6 @@
 """timm's model-building conventions our backbones and the reparameterize walk rely on.
 
-Versions handled: timm 0.9.16 - 1.0.31.
+Versions handled: timm 0.9.16 - 1.0.31 and main (1.0.29.dev0, aa4b5850: nothing new needed).
 
 * ``ClassifierHead.reset(num_classes, pool_type)``: the keyword of the second argument differs across
   versions (``global_pool`` / ``pool_type``), so it is passed positionally.
@@ -24,6 +24,45 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+from ._common import Internal
+
+_BACKBONES = "our MCi / ViT-MCi backbones (timm < 1.0.20, or force_backfill)"
+INTERNALS = (
+    Internal(
+        "timm.layers.ClassifierHead.reset",
+        "signature",
+        _BACKBONES,
+        "timm 0.9.16 - main (second argument global_pool / pool_type)",
+        "reset_classifier on our MCi backbones: called positionally",
+        "models.mci",
+    ),
+    Internal(
+        "timm.models.vision_transformer.VisionTransformer",
+        "embed_layer calling convention",
+        _BACKBONES,
+        "timm 0.9.16 - main",
+        "ConvStemEmbed accepts the union of the keyword sets and provides the attributes both read",
+        "models.vit_mci",
+    ),
+    Internal(
+        "timm.models.vision_transformer.checkpoint_filter_fn",
+        "module function",
+        _BACKBONES,
+        "timm 0.9.16 - main",
+        "vit_base_mci_224's checkpoint filter delegates to timm's ViT one",
+        "models.vit_mci",
+    ),
+    Internal(
+        "timm.models.fastvit.ReparamLargeKernelConv.reparameterize",
+        "fusing convention",
+        "reparameterize",
+        "timm 0.9.16 - main",
+        "blocks fuse through fuse() / reparameterize() / switch_to_deploy() into reparam_conv / "
+        "lkb_reparam; several are not idempotent, so is_fused is checked first",
+        "reparam, convert",
+    ),
+)
 
 # Keyword arguments timm's VisionTransformer passes to its embed_layer (union of 0.9.16 and 1.0.31).
 VIT_EMBED_LAYER_KWARGS = (

@@ -51,6 +51,10 @@ def write_int8(
 ) -> None:
     """PT2E int8 (XNNPACK quantizer, per-channel symmetric) calibrated on ``calibration`` batches."""
     _lower_check()
+    # Quantize / dequantize ops XNNPACK does not take (open_clip main's attention projections) stay in
+    # the program and run on ExecuTorch's own quantized kernels; importing the library registers their
+    # out variants for to_executorch().
+    import executorch.kernels.quantized  # noqa: F401
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,

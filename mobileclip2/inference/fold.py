@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..compat import torch_ops
 from ..models.mci import fuse_bn
 from .common import block_types, conv_like, replaceable_children
 
@@ -135,7 +136,7 @@ def fold_affines(model: nn.Module) -> nn.Module:
             if _is_plain_bn(module.norm) and isinstance(qkv, nn.Linear):
                 mixer.qkv = _linear_after_bn(qkv, module.norm)
                 module.norm = nn.Identity()
-        elif isinstance(getattr(module, "attn", None), nn.MultiheadAttention) and hasattr(module, "ls_2"):
+        elif torch_ops.plain_self_attention(getattr(module, "attn", None)) and hasattr(module, "ls_2"):
             # open_clip ResidualAttentionBlock with layer scale (not used by MobileCLIP, but cheap).
             _fold_into(module, "ls_2", getattr(mlp, "c_proj", None))
             _fold_into(module, "ls_1", module.attn.out_proj)

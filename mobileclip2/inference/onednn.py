@@ -193,7 +193,8 @@ class OneDNNSelfAttentionBlock(nn.Module):
     """Pre-norm transformer block ``x + attn(ln_1(x))``, ``x + mlp(ln_2(x))`` on oneDNN linears.
 
     Replaces open_clip's ResidualAttentionBlock and MCt's TransformerBlock (self-attention,
-    batch-first nn.MultiheadAttention, MLP ``c_fc -> act -> c_proj``). Attention runs in
+    batch-first packed-qkv attention: nn.MultiheadAttention, or open_clip main's own ``Attention`` with
+    the same parameters; MLP ``c_fc -> act -> c_proj``). Attention runs in
     ``F.scaled_dot_product_attention`` (the kernel nn.MultiheadAttention's fast path uses too;
     a causal mask becomes ``is_causal``); GELU is fused into ``c_fc`` and both residual adds into
     the output projections.
@@ -201,7 +202,7 @@ class OneDNNSelfAttentionBlock(nn.Module):
 
     def __init__(self, block: nn.Module):
         super().__init__()
-        mha: nn.MultiheadAttention = block.attn
+        mha = block.attn  # see torch_ops.plain_self_attention
         self.heads = mha.num_heads
         self.ln_1 = block.ln_1
         self.ln_2 = block.ln_2
@@ -217,23 +218,16 @@ class OneDNNSelfAttentionBlock(nn.Module):
 
     @staticmethod
     def supports(block: nn.Module) -> bool:
-        mha = getattr(block, "attn", None)
+        attn = getattr(block, "attn", None)
         mlp = getattr(block, "mlp", None)
-        if not isinstance(mha, nn.MultiheadAttention) or not isinstance(mlp, nn.Sequential):
+        if attn is None or not isinstance(mlp, nn.Sequential):
             return False
-        plain_mha = (
-            mha.batch_first
-            and torch_ops.mha_packed_qkv(mha)
-            and mha.bias_k is None
-            and not mha.add_zero_attn
-            and isinstance(getattr(mha, "out_proj", None), nn.Linear)
-        )
         mlp_names = [name for name, _ in mlp.named_children()]
         no_layer_scale = all(
             isinstance(getattr(block, ls, nn.Identity()), nn.Identity) for ls in ("ls_1", "ls_2")
         )
         return (
-            plain_mha
+            torch_ops.plain_self_attention(attn)
             and mlp_names == ["c_fc", "gelu", "c_proj"]
             and no_layer_scale
             and not hasattr(block, "ln_1_kv")

@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 # The image tower's fusion primitives serve here too: a (1, k) depthwise kernel is a 2-D one.
 from ..compat.text_tower import quick_gelu_layer, text_norm_layer
+from ..compat.torch_ops import composable_checkpoint
 from .mci import ConvMlp, LayerScale2d, fuse_bn, identity_kernel
 
 __all__ = [
@@ -335,24 +336,29 @@ class MCtTextEncoder(nn.Module):
         pooled = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]  # end-of-text token
         return pooled @ self.text_projection
 
-    def _lock_groups(self) -> list[list[nn.Module | nn.Parameter]]:
-        """open_clip's lock_text_tower grouping: embeddings, each block, last block + ln_final, projection."""
+    def layer_groups(self, pooler_in_head: bool = True) -> list[tuple[str, list[nn.Module | nn.Parameter]]]:
+        """open_clip's text-tower grouping, input -> output: embeddings, each block (the last one with
+        ln_final), the projection. Used by ``lock`` and by open_clip_train main's layer-wise LR decay;
+        ``pooler_in_head`` is accepted for open_clip's common signature: MCt has no readout pooler."""
         blocks = list(self.transformer.resblocks)
         return [
-            [self.token_embedding, self.positional_embedding],
-            *[[block] for block in blocks[:-1]],
-            [blocks[-1], self.ln_final],
-            [self.text_projection],
+            ("embeddings", [self.token_embedding, self.positional_embedding]),
+            *[(f"layer.{i}", [block]) for i, block in enumerate(blocks[:-1])],
+            (f"layer.{len(blocks) - 1}", [blocks[-1], self.ln_final]),
+            ("proj", [self.text_projection]),
         ]
 
-    def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+    def lock(
+        self, unlocked_layers: int = 0, freeze_layer_norm: bool = True, pooler_in_head: bool = True
+    ) -> None:
         """Freeze the tower except its last ``unlocked_layers`` groups (open_clip's grouping).
 
         Frozen RepMixer BatchNorms also stop updating their running statistics in train mode, so a
         locked tower computes exactly what it computed before training. ``freeze_layer_norm=False``
         leaves LayerNorm weights of frozen groups trainable, as open_clip's HF towers do.
+        ``pooler_in_head`` (passed by open_clip main) changes nothing: MCt has no readout pooler.
         """
-        groups = self._lock_groups()
+        groups = [members for _, members in self.layer_groups(pooler_in_head)]
         for group in groups:
             _set_trainable(group, False, keep_layer_norm=not freeze_layer_norm)
         if unlocked_layers > 0:
@@ -370,7 +376,15 @@ class MCtTextEncoder(nn.Module):
         return self
 
     @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
+    def set_grad_checkpointing(self, enable: bool = True, impl: str = "inline") -> None:
+        """``impl`` (open_clip main): 'inline' checkpoints each block inside forward, 'composable' marks
+        each block for torch's composable checkpointing (FSDP2)."""
+        if impl not in ("inline", "composable"):
+            raise ValueError(f"impl must be 'inline' or 'composable', got {impl!r}")
+        if impl == "composable" and enable:
+            for block in self.transformer.resblocks:
+                composable_checkpoint(block)
+            return
         self.transformer.grad_checkpointing = enable
 
     @torch.jit.ignore

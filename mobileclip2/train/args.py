@@ -156,7 +156,7 @@ def validate(args: argparse.Namespace) -> None:
         )
     unsupported = {
         "--siglip": args.siglip,
-        "--horovod": args.horovod,
+        "--horovod": getattr(args, "horovod", False),  # open_clip_train >= 4 has no --horovod
         "a CoCa model": "coca" in args.model.lower(),
     }
     for what, used in unsupported.items():

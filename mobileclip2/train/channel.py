@@ -8,6 +8,11 @@ teachers) into a ``StepChannel``; the loss reads it when the loop calls it. Both
 process, in loop order, so the payload the loss reads belongs to the batch the loop just used.
 With ``--accum-freq k`` the loop first collects ``k`` batches and then calls the loss on all of
 them, so the channel keeps the last ``k`` payloads.
+
+open_clip_train >= 4 runs every step through a training task and may read its loader ahead of the step;
+there the loader leaves the payload in the batch dict (under ``payload_key``) and the task's
+``prepare_batch``, which the loop calls for each batch in order, pushes it (mobileclip2.compat.
+open_clip_train.dr_task_class).
 """
 
 from __future__ import annotations
@@ -42,29 +47,47 @@ class StepChannel:
 
 
 class ChannelLoader:
-    """Wraps a loader that yields ``(images, texts, payload)`` (or ``(images, texts)`` with
-    ``raw_batch=True``); yields ``(images, texts)`` and pushes the payload.
+    """Wraps a loader that yields ``(images, texts, payload)`` (or ``(images, texts)`` / ``{"image", "text"}``
+    with ``raw_batch=True``) and hands each batch's payload on.
 
-    ``raw_batch=True`` (online distillation) adds the batch tensors themselves to the payload so
-    that live teachers embed exactly what the student sees. ``num_batches`` / ``num_samples``
-    are passed through because the loop reads them from the loader.
+    Without ``payload_key`` (open_clip_train 3.x) it yields ``(images, texts)`` and pushes the payload
+    into ``channel``; with it (open_clip_train >= 4) it yields ``{"image", "text", payload_key: payload}``
+    and the task pushes. ``raw_batch=True`` (online distillation) adds the batch tensors themselves to
+    the payload so that live teachers embed exactly what the student sees. ``num_batches`` /
+    ``num_samples`` are passed through because the loop reads them from the loader.
     """
 
-    def __init__(self, loader: Iterable, channel: StepChannel, *, raw_batch: bool = False):
+    def __init__(
+        self,
+        loader: Iterable,
+        channel: StepChannel | None,
+        *,
+        raw_batch: bool = False,
+        payload_key: str | None = None,
+    ):
+        if channel is None and payload_key is None:
+            raise ValueError("a ChannelLoader needs a channel to push to, or a payload_key to yield under")
         self.loader = loader
         self.channel = channel
         self.raw_batch = raw_batch
+        self.payload_key = payload_key
         self.num_batches = getattr(loader, "num_batches", None)
         self.num_samples = getattr(loader, "num_samples", None)
 
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+    def __iter__(self) -> Iterator[Any]:
         for batch in self.loader:
-            images, texts, *rest = batch
+            if isinstance(batch, dict):  # open_clip_train >= 4's own loaders
+                images, texts, rest = batch["image"], batch["text"], []
+            else:
+                images, texts, *rest = batch
             payload = dict(rest[0]) if rest else {"batch_size": len(images), "has_syn": False}
             if self.raw_batch:
                 payload["images"], payload["texts"] = images, texts
-            self.channel.push(payload)
-            yield images, texts
+            if self.payload_key is not None:
+                yield {"image": images, "text": texts, self.payload_key: payload}
+            else:
+                self.channel.push(payload)
+                yield images, texts

@@ -3,7 +3,8 @@
 Why hooks and not a fork. open_clip_train.main.main() already does everything a run needs (DDP
 setup, model/optimizer/scheduler, resume, logging, checkpoints, evaluation). DR changes only three
 of its steps, so this entry runs that very function with three of its module-level names swapped
-for the duration of the call (mobileclip2.compat.open_clip_train.open_clip_train_hooks):
+for the duration of the call (mobileclip2.compat.open_clip_train.open_clip_train_hooks; which three
+depends on the installed open_clip_train's loop, see that module):
 
 * ``parse_args``: our flags (mobileclip2.train.args, Apple's names) are parsed first, the rest by
   open_clip_train's parser; ``--distill-model/--distill-pretrained`` are taken over (kept as
@@ -13,12 +14,15 @@ for the duration of the call (mobileclip2.compat.open_clip_train.open_clip_train
   (mobileclip2.train.data); other splits (val, ImageNet) are open_clip_train's. For online
   distillation on ordinary data, open_clip_train's train loader is wrapped so each batch also
   reaches the teachers;
-* ``create_loss``: ``DRClipLoss`` (mobileclip2.train.losses) when DR or distillation is on,
-  open_clip_train's loss otherwise.
+* ``create_loss`` (open_clip_train 3.x): ``DRClipLoss`` (mobileclip2.train.losses) when DR or
+  distillation is on, open_clip_train's loss otherwise;
+* ``create_task`` (open_clip_train >= 4, whose loop runs a training task): a ``DRCLIPTask`` when DR or
+  distillation is on (its ``DRClipLoss`` is attached by ``get_data``, which runs after it and is the
+  first step that knows the shards and the student's preprocessing), open_clip_train's task otherwise.
 
-The loop still sees ``images, texts = batch`` and calls ``loss(**model_out)``; the teacher half
-of every step travels through a StepChannel (mobileclip2.train.channel). Without DR/distillation
-flags this entry behaves exactly like ``python -m open_clip_train.main``.
+The loop still sees its own batch shape and calls ``loss(**model_out)``; the teacher half of every step
+travels through a StepChannel (mobileclip2.train.channel). Without DR/distillation flags this entry
+behaves exactly like ``python -m open_clip_train.main`` (DDP on CPU-only machines included).
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ class Session:
         self.tokenizer = None
         self.layout = None
         self.channel = None
+        self.task = None  # open_clip_train >= 4: the DRCLIPTask built by the create_task hook
 
     @property
     def active(self) -> bool:
@@ -140,28 +145,43 @@ class Session:
 
     # -- get_data --------------------------------------------------------------------------
     def wrap_get_data(self, original):
-        def get_data(args, preprocess_fns, epoch=0, tokenizer=None):
+        def get_data(args, preprocess_fns, epoch=0, tokenizer=None, **extra):
             if not self.active:
-                return original(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
-            from .channel import ChannelLoader, StepChannel
-
+                return original(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer, **extra)
             self.student = StudentPreprocess.from_transform(preprocess_fns[0])
             self.tokenizer = tokenizer
-            self.channel = StepChannel(keep=args.accum_freq)
+            if self.channel is None:
+                self.channel = self._new_channel(args)
             if not args.dataset_reinforcement:
-                data = original(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
+                data = original(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer, **extra)
                 if "train" in data:
                     info = data["train"]
-                    info.dataloader = ChannelLoader(info.dataloader, self.channel, raw_batch=True)
-                return data
-            without_train = argparse.Namespace(**{**vars(args), "train_data": None})
-            data = original(without_train, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
-            info = self._dr_train_data(args, epoch, tokenizer)
-            info.dataloader = ChannelLoader(info.dataloader, self.channel, raw_batch=bool(self.teacher_specs))
-            data["train"] = info
+                    info.dataloader = self._channel_loader(info.dataloader, raw_batch=True)
+            else:
+                without_train = argparse.Namespace(**{**vars(args), "train_data": None})
+                data = original(without_train, preprocess_fns, epoch=epoch, tokenizer=tokenizer, **extra)
+                info = self._dr_train_data(args, epoch, tokenizer)
+                info.dataloader = self._channel_loader(info.dataloader, raw_batch=bool(self.teacher_specs))
+                data["train"] = info
+            if self.task is not None and not hasattr(self.task, "loss"):
+                self.task.attach_loss(self._build_loss(args))
             return data
 
         return get_data
+
+    @staticmethod
+    def _new_channel(args):
+        from .channel import StepChannel
+
+        return StepChannel(keep=args.accum_freq)
+
+    def _channel_loader(self, loader, raw_batch: bool):
+        from ..compat.open_clip_train import PAYLOAD_KEY
+        from .channel import ChannelLoader
+
+        if self.task is not None:  # the task pushes each payload in prepare_batch (loop order)
+            return ChannelLoader(loader, None, raw_batch=raw_batch, payload_key=PAYLOAD_KEY)
+        return ChannelLoader(loader, self.channel, raw_batch=raw_batch)
 
     def _dr_train_data(self, args, epoch, tokenizer):
         from ..augment import Augmentation, student_augmentation_config
@@ -211,47 +231,70 @@ class Session:
             )
         return build_dr_dataloader(args, augmentation, sampling, tokenizer, epoch=epoch)
 
-    # -- create_loss -----------------------------------------------------------------------
+    # -- create_loss (open_clip_train 3.x) ---------------------------------------------------
     def wrap_create_loss(self, original):
         def create_loss(args):
             if not self.active:
                 return original(args)
-            from .losses import DistillConfig, DistInfo, DRClipLoss
-
-            teachers = self._load_teachers(args) if self.teacher_specs else None
-            if teachers is not None:
-                dims = teachers.dims
-                if list(args.distill_teacher_dimension) not in ([-1], dims):
-                    raise TrainArgsError(
-                        f"--distill-teacher-dimension {args.distill_teacher_dimension} "
-                        f"does not match the teachers' embedding widths {dims}"
-                    )
-                scales = resolve_teacher_scales(
-                    args.distill_logit_scale, teachers.logit_scales, len(dims), "the teachers"
-                )
-            else:
-                recorded = self.dr_config.get("teacher_dimension")
-                dims = resolve_teacher_dims(
-                    args.distill_teacher_dimension, recorded, self.layout.embedding_width
-                )
-                scales = resolve_teacher_scales(
-                    args.distill_logit_scale,
-                    self.dr_config.get("teacher_logit_scale"),
-                    len(dims),
-                    f"the DR shards (config {args.dataset_reinforcement_config!r} records none)",
-                )
-            cfg = DistillConfig(
-                teacher_dims=tuple(dims),
-                teacher_scales=tuple(scales),
-                loss_weights=tuple(args.distill_loss_weights),
-                average_after_softmax=args.distill_average_after_softmax,
-            )
-            if args.rank == 0:
-                logging.info(f"Distillation: {cfg}")
-            dist = DistInfo(args.rank, args.world_size, args.local_loss, args.gather_with_grad)
-            return DRClipLoss(cfg, self.channel, teachers=teachers, accum_freq=args.accum_freq, dist=dist)
+            return self._build_loss(args)
 
         return create_loss
+
+    # -- create_task (open_clip_train >= 4) ---------------------------------------------------
+    def wrap_create_task(self, original):
+        def create_task(args, model, dist_model=None, naflex_data_config=None, **extra):
+            from ..compat.ddp import cpu_safe_task
+            from ..compat.open_clip_train import dr_task_class
+
+            if not self.active:
+                task = original(
+                    args, model=model, dist_model=dist_model, naflex_data_config=naflex_data_config, **extra
+                )
+                return cpu_safe_task(task)
+            if naflex_data_config is not None:
+                raise TrainArgsError("dataset reinforcement / distillation does not support --use-naflex")
+            self.channel = self._new_channel(args)
+            self.task = dr_task_class()(
+                model, channel=self.channel, rank=args.rank, world_size=args.world_size
+            )
+            return cpu_safe_task(self.task)
+
+        return create_task
+
+    def _build_loss(self, args):
+        """DRClipLoss for this run: teachers (online) or the shards' recorded widths and scales (DR)."""
+        from .losses import DistillConfig, DistInfo, DRClipLoss
+
+        teachers = self._load_teachers(args) if self.teacher_specs else None
+        if teachers is not None:
+            dims = teachers.dims
+            if list(args.distill_teacher_dimension) not in ([-1], dims):
+                raise TrainArgsError(
+                    f"--distill-teacher-dimension {args.distill_teacher_dimension} "
+                    f"does not match the teachers' embedding widths {dims}"
+                )
+            scales = resolve_teacher_scales(
+                args.distill_logit_scale, teachers.logit_scales, len(dims), "the teachers"
+            )
+        else:
+            recorded = self.dr_config.get("teacher_dimension")
+            dims = resolve_teacher_dims(args.distill_teacher_dimension, recorded, self.layout.embedding_width)
+            scales = resolve_teacher_scales(
+                args.distill_logit_scale,
+                self.dr_config.get("teacher_logit_scale"),
+                len(dims),
+                f"the DR shards (config {args.dataset_reinforcement_config!r} records none)",
+            )
+        cfg = DistillConfig(
+            teacher_dims=tuple(dims),
+            teacher_scales=tuple(scales),
+            loss_weights=tuple(args.distill_loss_weights),
+            average_after_softmax=args.distill_average_after_softmax,
+        )
+        if args.rank == 0:
+            logging.info(f"Distillation: {cfg}")
+        dist = DistInfo(args.rank, args.world_size, args.local_loss, args.gather_with_grad)
+        return DRClipLoss(cfg, self.channel, teachers=teachers, accum_freq=args.accum_freq, dist=dist)
 
     def _load_teachers(self, args):
         from ..teachers import TeacherEnsemble
@@ -276,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hooks = {
         "parse_args": session.wrap_parse_args,
         "get_data": session.wrap_get_data,
-        "create_loss": session.wrap_create_loss,
+        "create_loss": session.wrap_create_loss,  # hooked on open_clip_train 3.x's loop
+        "create_task": session.wrap_create_task,  # hooked on open_clip_train >= 4's task loop
     }
     try:
         check_webdataset()

@@ -322,3 +322,12 @@ def make_batch(batch=5, width=6, dims=(3, 4), syn=True, seed=0):
         _teacher(batch, dims, seed + 30) if syn else None,
     )
     return student, teacher
+
+
+# generate() arguments the CoCa sampling tests compare across open_clip versions (on COCA_CONFIG).
+COCA_SAMPLING_CASES = [
+    dict(generation_type="top_p", top_p=0.9, seq_len=12, fixed_output_length=True),
+    dict(generation_type="top_p", top_p=0.9, seq_len=12),
+    dict(generation_type="top_k", top_k=5, seq_len=12, fixed_output_length=True),
+    dict(generation_type="top_p", top_p=0.5, temperature=0.7, repetition_penalty=1.3, seq_len=12),
+]
