@@ -133,7 +133,15 @@ def _run_without(target: str, how: str) -> tuple[dict, str]:
     return json.loads(line[len("RESULT ") :]), proc.stdout
 
 
-@pytest.mark.parametrize("item", HOOKED, ids=[item.target for item in HOOKED])
+def _tier(index: int) -> list:
+    """The first internal in the default tier, the rest in the slow one (each is a fresh process)."""
+    return [] if index == 0 else [pytest.mark.slow]
+
+
+@pytest.mark.parametrize(
+    "item",
+    [pytest.param(item, id=item.target, marks=_tier(index)) for index, item in enumerate(HOOKED)],
+)
 def test_losing_a_hooked_internal_skips_only_its_feature(item):
     result, out = _run_without(item.target, SIMULATIONS.get(item.target, "delete"))
     assert result["done"] and result["check"] == 0, out
