@@ -369,3 +369,20 @@ def test_student_preprocess_is_read_from_open_clips_train_transform():
     student = StudentPreprocess.from_transform(train)
     assert student.size == (64, 64) and student.interpolation.value == "bicubic"
     assert student.mean == pytest.approx(open_clip.OPENAI_DATASET_MEAN)
+
+
+def test_a_warmup_longer_than_the_run_is_named(caplog):
+    """open_clip_train's default --warmup 10000 keeps a short run's learning rate near 0."""
+    import argparse
+    import logging
+    from types import SimpleNamespace
+
+    from mobileclip2.train.main import warn_if_warmup_outlasts_the_run
+
+    data = {"train": SimpleNamespace(dataloader=SimpleNamespace(num_batches=4))}
+    with caplog.at_level(logging.WARNING):
+        warn_if_warmup_outlasts_the_run(argparse.Namespace(warmup=10000, epochs=1, accum_freq=1), data)
+        assert "--warmup 10000 is not shorter than the run (4 optimizer steps)" in caplog.text
+        caplog.clear()
+        warn_if_warmup_outlasts_the_run(argparse.Namespace(warmup=1, epochs=1, accum_freq=1), data)
+        assert caplog.text == ""

@@ -101,6 +101,23 @@ def load_dr_config(path: str) -> dict:
     return config
 
 
+def warn_if_warmup_outlasts_the_run(args, data: dict) -> None:
+    """Say so when the learning-rate warmup is longer than the whole run: open_clip_train's default
+    ``--warmup 10000`` keeps the learning rate near 0 through any short run, which looks like a model
+    that does not learn."""
+    loader = getattr(data.get("train"), "dataloader", None)
+    batches = getattr(loader, "num_batches", None)
+    warmup, epochs = getattr(args, "warmup", None), getattr(args, "epochs", None)
+    if not batches or warmup is None or not epochs:
+        return
+    steps = batches * epochs // max(1, getattr(args, "accum_freq", 1))
+    if warmup >= steps:
+        logging.warning(
+            f"--warmup {warmup} is not shorter than the run ({steps} optimizer steps): the learning rate "
+            "stays in its warmup the whole time. Pass a smaller --warmup for a short run."
+        )
+
+
 class Session:
     """State shared by the three hooks of one training run."""
 
@@ -146,28 +163,34 @@ class Session:
     # -- get_data --------------------------------------------------------------------------
     def wrap_get_data(self, original):
         def get_data(args, preprocess_fns, epoch=0, tokenizer=None, **extra):
-            if not self.active:
-                return original(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer, **extra)
-            self.student = StudentPreprocess.from_transform(preprocess_fns[0])
-            self.tokenizer = tokenizer
-            if self.channel is None:
-                self.channel = self._new_channel(args)
-            if not args.dataset_reinforcement:
-                data = original(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer, **extra)
-                if "train" in data:
-                    info = data["train"]
-                    info.dataloader = self._channel_loader(info.dataloader, raw_batch=True)
-            else:
-                without_train = argparse.Namespace(**{**vars(args), "train_data": None})
-                data = original(without_train, preprocess_fns, epoch=epoch, tokenizer=tokenizer, **extra)
-                info = self._dr_train_data(args, epoch, tokenizer)
-                info.dataloader = self._channel_loader(info.dataloader, raw_batch=bool(self.teacher_specs))
-                data["train"] = info
-            if self.task is not None and not hasattr(self.task, "loss"):
-                self.task.attach_loss(self._build_loss(args))
+            data = self._get_data(original, args, preprocess_fns, epoch, tokenizer, **extra)
+            warn_if_warmup_outlasts_the_run(args, data)
             return data
 
         return get_data
+
+    def _get_data(self, original, args, preprocess_fns, epoch, tokenizer, **extra):
+        """open_clip_train's data, with the DR train split (or online distillation's teacher feed)."""
+        if not self.active:
+            return original(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer, **extra)
+        self.student = StudentPreprocess.from_transform(preprocess_fns[0])
+        self.tokenizer = tokenizer
+        if self.channel is None:
+            self.channel = self._new_channel(args)
+        if not args.dataset_reinforcement:
+            data = original(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer, **extra)
+            if "train" in data:
+                info = data["train"]
+                info.dataloader = self._channel_loader(info.dataloader, raw_batch=True)
+        else:
+            without_train = argparse.Namespace(**{**vars(args), "train_data": None})
+            data = original(without_train, preprocess_fns, epoch=epoch, tokenizer=tokenizer, **extra)
+            info = self._dr_train_data(args, epoch, tokenizer)
+            info.dataloader = self._channel_loader(info.dataloader, raw_batch=bool(self.teacher_specs))
+            data["train"] = info
+        if self.task is not None and not hasattr(self.task, "loss"):
+            self.task.attach_loss(self._build_loss(args))
+        return data
 
     @staticmethod
     def _new_channel(args):
