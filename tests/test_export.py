@@ -167,7 +167,7 @@ def test_failed_check_leaves_the_previous_export_intact_and_no_stale_sidecar(tmp
 def test_failed_int8_fidelity_writes_nothing(tmp_path):
     out = tmp_path / "out"
     images, captions = write_calibration_set(tmp_path)
-    with pytest.raises(ExportParityError, match="mean cosine of .* below the threshold 1.01"):
+    with pytest.raises(ExportParityError, match="minimum cosine of .* below the threshold 1.01"):
         _tiny_export(
             out, int8=True, calibration_images=images, calibration_captions=captions, min_cosine=1.01
         )
@@ -175,7 +175,7 @@ def test_failed_int8_fidelity_writes_nothing(tmp_path):
 
 
 def test_int8_without_calibration_data_warns_that_fidelity_is_unmeasured(tmp_path):
-    with pytest.warns(UserWarning, match="fidelity to real data is UNMEASURED"):
+    with pytest.warns(UserWarning, match="fidelity on your data is UNMEASURED"):
         # no threshold: the tiny model's -inf causal mask does not survive ONNX QDQ (the S0 models'
         # int8 fidelity is tested in test_export_mobile.py)
         result = _tiny_export(tmp_path, int8=True, min_cosine=None)
@@ -183,6 +183,7 @@ def test_int8_without_calibration_data_warns_that_fidelity_is_unmeasured(tmp_pat
     assert config["precision"] == "int8" and config["calibration"]["synthetic"] == ["image", "text"]
     assert config["fidelity"]["synthetic_inputs"] == ["image", "text"]
     assert "zero_shot_top1_agreement" not in config["fidelity"]  # no labels without real data
+    assert config["fidelity"]["text"]["captions"]["count"] == 50  # the built-in captions, evaluated anyway
 
 
 _KILL_SCRIPT = """

@@ -54,6 +54,7 @@ class TowerExport:
     max_abs_diff: float | None = None
     fidelity: dict[str, Any] | None = None
     structure: dict[str, Any] | None = None
+    int8: dict[str, Any] | None = None  # the quantization recipe the format applied
 
 
 @dataclass
@@ -145,7 +146,8 @@ def export_loaded(
 ) -> ExportResult:
     """Export both towers of an already built open_clip model; see :func:`export_model`.
 
-    ``options`` are the format's own (:attr:`FormatSpec.options`, e.g. ``opset`` for ONNX).
+    ``options`` are the format's own (:attr:`FormatSpec.options`, e.g. ``opset`` for ONNX). int8 needs
+    ``tokenizer``: the int8 text tower is evaluated on the built-in captions.
     """
     spec = format_spec(format)
     options = _format_options(spec, options)
@@ -154,6 +156,11 @@ def export_loaded(
         raise ValueError(f"--int8 is supported for {int8_formats}, not {format!r}")
     if not int8 and (calibration_images or calibration_captions):
         raise ValueError("calibration images/captions are only used with --int8")
+    if int8 and tokenizer is None:
+        raise ValueError(
+            "an int8 export needs the model's tokenizer (tokenizer=open_clip.get_tokenizer(name)): the int8 "
+            "text tower is evaluated on the built-in captions"
+        )
     fmt = format_module(format)
     out_dir = Path(out_dir)
     model = prepared(model)
@@ -182,11 +189,12 @@ def export_loaded(
             example = geo.example(tower, batch=1)
             example = example.int() if int32 else example
             path = staging / names[tower]
+            recipe = None
             with captured_output():  # exporters print pages of progress and notes; shown on failure
                 if int8:
                     rows, _ = data.split(tower)
                     rows = rows.int() if int32 else rows
-                    fmt.write_int8(module, example, path, tower, list(rows.split(8)), **options)
+                    recipe = fmt.write_int8(module, example, path, tower, list(rows.split(8)), **options)
                 else:
                     fmt.write(module, example, path, tower, **options)
             batch = 1 if spec.fixed_batch else "batch"
@@ -198,6 +206,7 @@ def export_loaded(
                 "float32" if tower == "image" else ("int32" if int32 else "int64"),
                 f"{tower}_embedding",
                 size_bytes=sum(artifact_size(staging / f) for f in _artifact_files(spec, names[tower])),
+                int8=recipe,
             )
             parity_batch = 1 if spec.fixed_batch else None
             if check and not spec.runs_here():
@@ -216,9 +225,7 @@ def export_loaded(
                         record.max_abs_diff = check_max_abs_diff(names[tower], got, want, tolerance)
                     else:  # reduced-precision compute is judged like int8, by cosine
                         record.fidelity = {"random_inputs": calib.cosine_summary(got, want)}
-                        calib.check_fidelity(
-                            names[tower], {"calibration": record.fidelity["random_inputs"]}, min_cosine
-                        )
+                        calib.check_fidelity(names[tower], record.fidelity, min_cosine, what=spec.precision)
             towers[tower] = record
         fidelity = None
         if int8 and check:
@@ -242,6 +249,7 @@ def export_loaded(
                     "input_dtype": rec.input_dtype,
                     "output_name": rec.output_name,
                     "size_bytes": rec.size_bytes,
+                    **({"int8": rec.int8} if rec.int8 else {}),
                     **({"structure": rec.structure} if rec.structure else {}),
                 }
                 for tower, rec in towers.items()
@@ -261,6 +269,7 @@ def export_loaded(
             config["calibration"] = data.source
             config["fidelity"] = {
                 "min_cosine": min_cosine,
+                "gate": "minimum cosine over every evaluated input: calibration, held out, built-in captions",
                 "min_agreement": min_agreement,
                 **(fidelity or {"checked": False}),
             }
@@ -271,8 +280,9 @@ def export_loaded(
 
 
 def _fidelity(data, modules, runners, spec, towers, names, min_cosine, min_agreement) -> dict[str, Any]:
-    """Cosine of int8 to fp32 per tower and split, and zero-shot top-1 agreement; fails below the
-    thresholds, naming the tower and the number."""
+    """Cosine of int8 to fp32 per tower and evaluated set (:meth:`.calibration.CalibrationSet.evaluation`:
+    calibration, held out, the built-in captions), and zero-shot top-1 agreement; fails when the minimum
+    cosine or an agreement is below its threshold, naming the tower, the set and the number."""
     report: dict[str, Any] = {"synthetic_inputs": data.source.get("synthetic", [])}
     batch = 1 if spec.fixed_batch else None
 
@@ -281,11 +291,9 @@ def _fidelity(data, modules, runners, spec, towers, names, min_cosine, min_agree
         return run_batched(runners[tower], feed.numpy(), batch), embed(modules[tower], feed).numpy()
 
     for tower in TOWERS:
-        calibration_rows, held_rows = data.split(tower)
-        tower_report = {
-            "calibration": calib.cosine_summary(*both(tower, calibration_rows)),
-            "held_out": calib.cosine_summary(*both(tower, held_rows)) if len(held_rows) else None,
-        }
+        tower_report: dict[str, Any] = {"calibration": None, "held_out": None}  # None: an empty set
+        for name, rows in data.evaluation(tower).items():
+            tower_report[name] = calib.cosine_summary(*both(tower, rows))
         towers[tower].fidelity = tower_report
         report[tower] = tower_report
     if data.labels:
