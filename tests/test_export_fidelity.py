@@ -1,9 +1,10 @@
-"""The int8 fidelity gate, on small models.
+"""The int8 fidelity gate and the Core ML precision choice, on small models.
 
 The gate: the built-in evaluation captions, caption-shaped synthetic calibration, the minimum cosine
 over every evaluated set; the failure it exists for (static int8 calibrated on random full-context token
 ids: fine on held-out random ids, wrong on real captions) reproduced on a text tower shaped like
-MobileCLIP2-S0's where it matters (no causal mask). Real towers: tests/test_export_mobile.py (slow).
+MobileCLIP2-S0's where it matters (no causal mask). The precision choice: the fp16 check, its decision,
+and what a Core ML export records and writes. Real towers: tests/test_export_mobile.py (slow).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from export_support import (
     TINY_PREPROCESS,
     clip_tokenizer,
     small_text_clip,
+    tiny_clip,
+    tiny_tokenizer,
 )
 
 from mobileclip2.errors import ExportParityError
 from mobileclip2.export import calibration as calib
+from mobileclip2.export import precision
 from mobileclip2.export.formats import DEFAULT_MIN_COSINE
 from mobileclip2.export.pipeline import export_loaded
 from mobileclip2.export.towers import Geometry, embed, geometry, prepared, tower_module
@@ -186,7 +190,7 @@ def test_onnx_int8_with_synthetic_calibration_passes_the_shipped_gate(tmp_path):
     assert fidelity["text"]["captions"]["count"] == 50 and fidelity["text"]["calibration"]["count"] == 24
     for tower in ("image", "text"):
         assert min(s["min"] for s in fidelity[tower].values() if s) >= DEFAULT_MIN_COSINE
-        assert "QDQ" in config[tower]["int8"]["quantizer"]
+        assert config[tower]["precision"] == "int8" and "QDQ" in config[tower]["int8"]["quantizer"]
     assert config["calibration"]["synthetic_captions"]["tokenized"] is True
     assert config["calibration"]["evaluation_captions"]["count"] == 50
 
@@ -194,3 +198,74 @@ def test_onnx_int8_with_synthetic_calibration_passes_the_shipped_gate(tmp_path):
 def test_int8_needs_the_tokenizer(tmp_path):
     with pytest.raises(ValueError, match=r"int8 export needs the model's tokenizer .*built-in captions"):
         export_loaded(small_text_clip(), tmp_path, name="small", preprocess_cfg=TINY_PREPROCESS, int8=True)
+
+
+# --- Core ML precision: the fp16 check and the choice ---------------------------------------------
+
+
+def _overflowing_clip(scale: float) -> torch.nn.Module:
+    """tiny_clip with its token embedding scaled: the residual stream grows by ``scale``."""
+    model = tiny_clip()
+    model.token_embedding.weight.data *= scale
+    return model
+
+
+def _text(model):
+    return tower_module(prepared(model), "text")
+
+
+def test_fp16_check_measures_the_peak_activation_and_the_cosine():
+    tokens = tiny_tokenizer(calib.evaluation_captions())
+    check = precision.fp16_check(_text(tiny_clip()), tokens)
+    assert check["inputs"] == 50 and check["finite"] and 0 < check["max_abs_activation"] < 100
+    assert check["cosine_min"] > 0.999 and check["layernorm_at"] and check["layernorm_max_sum_of_squares"] > 0
+    assert precision.fp16_safe(check)[0]
+    big = precision.fp16_check(_text(_overflowing_clip(1e5)), tokens)
+    assert big["max_abs_activation"] > precision.FP16_ACTIVATION_BOUND and big["at"]
+    assert big["finite"]  # under fp16's 65504, but over the headroom bound
+    inf = precision.fp16_check(_text(_overflowing_clip(1e7)), tokens)
+    safe, why = precision.fp16_safe(inf)
+    assert not inf["finite"] and not safe and "inf/NaN" in why
+
+
+def test_the_text_tower_that_overflows_fp16_gets_fp32():
+    tokens = tiny_tokenizer(calib.evaluation_captions())
+    assert precision.choose("t", "text", "auto", _text(tiny_clip()), tokens)[0] == "fp16"
+    chosen, check = precision.choose("t", "text", "auto", _text(_overflowing_clip(1e5)), tokens)
+    assert chosen == "fp32" and check["safe"] is False and "not below 1023.5" in check["why"]
+    with pytest.warns(
+        UserWarning, match="--precision fp16 was asked for, but the text tower is not fp16-safe"
+    ):
+        chosen, check = precision.choose("t", "text", "fp16", _text(_overflowing_clip(1e5)), tokens)
+    assert chosen == "fp16" and check["safe"] is False  # asked for: it wins, and the check is recorded
+    image = tower_module(prepared(tiny_clip()), "image")
+    assert precision.choose("t", "image", "auto", image, None) == ("fp16", None)
+    assert precision.choose("t", "text", "fp32", _text(tiny_clip()), None) == ("fp32", None)
+    with pytest.raises(ValueError, match=r"t: the fp16 check .* needs the model's tokenizer"):
+        precision.choose("t", "text", "auto", _text(tiny_clip()), None)
+    with pytest.raises(ValueError, match="expected one of auto, fp16, fp32"):
+        precision.choose("t", "text", "bf16", _text(tiny_clip()), tokens)
+
+
+def test_coreml_export_writes_fp32_for_the_tower_that_overflows_fp16(tmp_path):
+    pytest.importorskip("coremltools")
+
+    def export(model, out, **options):
+        return export_loaded(
+            model,
+            out,
+            name="tiny",
+            preprocess_cfg=TINY_PREPROCESS,
+            tokenizer=tiny_tokenizer,
+            format="coreml",
+            **options,
+        )
+
+    config = export(_overflowing_clip(1e5), tmp_path / "auto").config
+    assert config["compute_precision"] == "auto" and config["precision"] == "mixed"
+    assert config["image"]["precision"] == "fp16" and config["image"]["structure"]["weights"] == "float16"
+    assert config["text"]["precision"] == "fp32" and config["text"]["structure"]["weights"] == "float32"
+    assert config["text"]["fp16_check"]["safe"] is False and "fp16_check" not in config["image"]
+    config = export(tiny_clip(), tmp_path / "fp32", compute_precision="fp32").config
+    assert config["precision"] == "fp32" and "fp16_check" not in config["text"]
+    assert {config[t]["structure"]["weights"] for t in ("image", "text")} == {"float32"}

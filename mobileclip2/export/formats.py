@@ -108,6 +108,8 @@ FORMATS: dict[str, FormatSpec] = {
             fixed_batch=True,
             precision="fp16",
             runs_on="darwin",
+            # "auto": image fp16, text fp16 where its fp16 check passes (mobileclip2.export.precision)
+            options=(("compute_precision", "auto"),),
         ),
         FormatSpec(
             "litert",

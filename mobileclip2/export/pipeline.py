@@ -28,6 +28,7 @@ from ..errors import ExporterUnavailableError
 from ..files import fsync_dir, staging_dir
 from ..system import captured_output
 from . import calibration as calib
+from . import precision as precisions
 from .formats import (
     DEFAULT_MIN_AGREEMENT,
     DEFAULT_MIN_COSINE,
@@ -50,11 +51,13 @@ class TowerExport:
     input_shape: list[Any]
     input_dtype: str
     output_name: str
+    precision: str = "fp32"
     size_bytes: int = 0
     max_abs_diff: float | None = None
     fidelity: dict[str, Any] | None = None
     structure: dict[str, Any] | None = None
     int8: dict[str, Any] | None = None  # the quantization recipe the format applied
+    fp16_check: dict[str, Any] | None = None  # :func:`.precision.fp16_check` where it decided or was asked
 
 
 @dataclass
@@ -146,8 +149,10 @@ def export_loaded(
 ) -> ExportResult:
     """Export both towers of an already built open_clip model; see :func:`export_model`.
 
-    ``options`` are the format's own (:attr:`FormatSpec.options`, e.g. ``opset`` for ONNX). int8 needs
-    ``tokenizer``: the int8 text tower is evaluated on the built-in captions.
+    ``options`` are the format's own (:attr:`FormatSpec.options`, e.g. ``opset`` for ONNX). A format
+    that takes ``compute_precision`` gets it per tower (:func:`.precision.choose`: ``"auto"`` runs the
+    text tower's fp16 check). int8 needs ``tokenizer``: the int8 text tower is evaluated on the
+    built-in captions.
     """
     spec = format_spec(format)
     options = _format_options(spec, options)
@@ -177,6 +182,9 @@ def export_loaded(
         )
     generator = torch.Generator().manual_seed(0)
     checked = check and spec.runs_here()
+    captions = None  # the evaluation captions, tokenized once, when a precision check needs them
+    if "compute_precision" in options and tokenizer is not None:
+        captions = tokenizer(calib.evaluation_captions()).long()
     with staging_dir(out_dir / names["sidecar"]) as staging:
         towers: dict[str, TowerExport] = {}
         runners: dict[str, Any] = {}
@@ -189,6 +197,13 @@ def export_loaded(
             example = geo.example(tower, batch=1)
             example = example.int() if int32 else example
             path = staging / names[tower]
+            tower_options, fp16_check = dict(options), None
+            tower_precision = "int8" if int8 else spec.precision
+            if "compute_precision" in options:  # reduced-precision formats: fp16 only where it is safe
+                tower_precision, fp16_check = precisions.choose(
+                    names[tower], tower, options["compute_precision"], module, captions
+                )
+                tower_options["compute_precision"] = tower_precision
             recipe = None
             with captured_output():  # exporters print pages of progress and notes; shown on failure
                 if int8:
@@ -196,7 +211,7 @@ def export_loaded(
                     rows = rows.int() if int32 else rows
                     recipe = fmt.write_int8(module, example, path, tower, list(rows.split(8)), **options)
                 else:
-                    fmt.write(module, example, path, tower, **options)
+                    fmt.write(module, example, path, tower, **tower_options)
             batch = 1 if spec.fixed_batch else "batch"
             shape = [batch, 3, geo.height, geo.width] if tower == "image" else [batch, geo.context]
             record = TowerExport(
@@ -205,14 +220,18 @@ def export_loaded(
                 shape,
                 "float32" if tower == "image" else ("int32" if int32 else "int64"),
                 f"{tower}_embedding",
+                precision=tower_precision,
                 size_bytes=sum(artifact_size(staging / f) for f in _artifact_files(spec, names[tower])),
                 int8=recipe,
+                fp16_check=fp16_check,
             )
             parity_batch = 1 if spec.fixed_batch else None
             if check and not spec.runs_here():
                 embed_dim = int(embed(module, example).shape[-1])
                 with captured_output():
-                    record.structure = fmt.check_structure(path, tower, [1, *shape[1:]], embed_dim)
+                    record.structure = fmt.check_structure(
+                        path, tower, [1, *shape[1:]], embed_dim, precision=tower_precision
+                    )
             elif check:
                 with captured_output():
                     runners[tower] = fmt.load(path, threads)
@@ -225,7 +244,13 @@ def export_loaded(
                         record.max_abs_diff = check_max_abs_diff(names[tower], got, want, tolerance)
                     else:  # reduced-precision compute is judged like int8, by cosine
                         record.fidelity = {"random_inputs": calib.cosine_summary(got, want)}
-                        calib.check_fidelity(names[tower], record.fidelity, min_cosine, what=spec.precision)
+                        calib.check_fidelity(
+                            names[tower],
+                            record.fidelity,
+                            min_cosine,
+                            what=tower_precision,
+                            remedy="Export with --precision fp32.",
+                        )
             towers[tower] = record
         fidelity = None
         if int8 and check:
@@ -235,7 +260,7 @@ def export_loaded(
         config: dict[str, Any] = {
             "model": name,
             "format": format,
-            "precision": "int8" if int8 else spec.precision,
+            "precision": _overall_precision(towers),
             "embed_dim": embed_dim,
             "normalized_embeddings": normalize,
             "logit_scale": float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else None,
@@ -248,8 +273,10 @@ def export_loaded(
                     "input_shape": rec.input_shape,
                     "input_dtype": rec.input_dtype,
                     "output_name": rec.output_name,
+                    "precision": rec.precision,
                     "size_bytes": rec.size_bytes,
                     **({"int8": rec.int8} if rec.int8 else {}),
+                    **({"fp16_check": rec.fp16_check} if rec.fp16_check else {}),
                     **({"structure": rec.structure} if rec.structure else {}),
                 }
                 for tower, rec in towers.items()
@@ -277,6 +304,12 @@ def export_loaded(
         write_json(staging / names["sidecar"], config)
         _move_into_place(staging, out_dir, names, spec)
     return ExportResult(towers["image"], towers["text"], str(out_dir / names["sidecar"]), config)
+
+
+def _overall_precision(towers: dict[str, TowerExport]) -> str:
+    """The towers' common precision, or ``"mixed"`` (each tower's own is in its block)."""
+    found = {record.precision for record in towers.values()}
+    return found.pop() if len(found) == 1 else "mixed"
 
 
 def _fidelity(data, modules, runners, spec, towers, names, min_cosine, min_agreement) -> dict[str, Any]:
