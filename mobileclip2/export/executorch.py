@@ -19,7 +19,8 @@ elementwise ops stay fp32.
   calibration, at the same size as static (the int8 weights are the size) and about the same speed.
 - Image tower: **static** activations (ranges calibrated on the calibration images), quantized only
   at linear and convolution inputs and outputs: image activations do not depend on a length, and
-  the calibrated ranges let XNNPACK keep the convolution chain in int8.
+  on MobileCLIP2-S0 this matched quantizing every op the quantizer takes (adds, multiplies,
+  concatenations) in cosine, size and speed while keeping those ops in float.
 
 The token embedding table of the text tower stays fp32 (a gather, not a matmul), which is why the
 int8 text program is about half the fp32 size rather than a quarter.
@@ -73,7 +74,7 @@ INT8_RECIPES: dict[str, dict[str, Any]] = {
         "quantizer": "XNNPACKQuantizer (PT2E)",
         "weights": "int8 symmetric, per output channel",
         "activations": "int8 per tensor, dynamic: range computed on every call (no calibration)",
-        "quantized_ops": ["linear"],
+        "quantized_ops": ["linear", "conv"],
         "float_ops": "all others (token embedding, softmax, LayerNorm, adds, ...)",
     },
 }
@@ -89,7 +90,7 @@ def quantizer(tower: str):
 
     if tower in DYNAMIC_TOWERS:
         dynamic = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
-        return XNNPACKQuantizer().set_global(dynamic)  # the dynamic config annotates linear layers only
+        return XNNPACKQuantizer().set_global(dynamic)  # dynamic patterns: linear and convolution only
     static = get_symmetric_quantization_config(is_per_channel=True)
     return (
         XNNPACKQuantizer()
