@@ -54,7 +54,7 @@ EVALUATION_CAPTIONS = "data/captions.txt"
 
 SYNTHETIC_IMAGES = 8
 SYNTHETIC_CAPTIONS = 32
-SYNTHETIC_WORDS = (1, 24)
+SYNTHETIC_WORD_COUNT = (1, 24)
 """Fewest and most words of a synthetic caption: a one-word query to a long sentence, as real ones are."""
 
 WORDS = tuple(
@@ -144,8 +144,8 @@ def evaluation_captions(exclude: Iterable[str] = ()) -> list[str]:
 
 
 def synthetic_captions(count: int, generator: torch.Generator) -> list[str]:
-    """``count`` random sequences of :data:`WORDS`, :data:`SYNTHETIC_WORDS` words long."""
-    fewest, most = SYNTHETIC_WORDS
+    """``count`` random sequences of :data:`WORDS`, :data:`SYNTHETIC_WORD_COUNT` words long."""
+    fewest, most = SYNTHETIC_WORD_COUNT
     lengths = torch.randint(fewest, most + 1, (count,), generator=generator).tolist()
     picks = torch.randint(len(WORDS), (sum(lengths),), generator=generator).tolist()
     captions, start = [], 0
@@ -167,7 +167,7 @@ def synthetic_tokens(
     activation ranges real captions exceed (module docstring)."""
     if tokenizer is not None:
         return tokenizer(synthetic_captions(count, generator)).long()
-    fewest, most = SYNTHETIC_WORDS
+    fewest, most = SYNTHETIC_WORD_COUNT
     lengths = torch.randint(fewest + 2, most + 3, (count,), generator=generator).tolist()
     return torch.cat([caption_tokens(1, geometry.context, geometry.vocab, n, generator) for n in lengths])
 
@@ -232,7 +232,7 @@ def load_calibration(
         token_batch = synthetic_tokens(geometry, SYNTHETIC_CAPTIONS, generator, tokenizer)
         source["synthetic_captions"] = {
             "count": SYNTHETIC_CAPTIONS,
-            "words": list(SYNTHETIC_WORDS),
+            "words_per_caption": list(SYNTHETIC_WORD_COUNT),
             "tokenized": tokenizer is not None,
         }
     if images is None or captions is None:
