@@ -247,6 +247,30 @@ def test_the_text_tower_that_overflows_fp16_gets_fp32():
         precision.choose("t", "text", "bf16", _text(tiny_clip()), tokens)
 
 
+class _NoHalfOnCpu(torch.nn.Module):
+    """A tower with an op PyTorch cannot run in fp16 on the CPU (as some kernels are)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(4))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.weight.dtype == torch.float16:
+            raise RuntimeError("\"some_kernel\" not implemented for 'Half'")
+        return tokens.float()[:, :4] * self.weight
+
+
+def test_a_tower_the_fp16_check_cannot_run_is_an_error_unless_fp16_was_asked_for():
+    tokens = tiny_tokenizer(["a dog", "a cat"])
+    with pytest.raises(
+        RuntimeError, match=r"t: the fp16 check could not run .* export with --precision fp32"
+    ):
+        precision.choose("t", "text", "auto", _NoHalfOnCpu(), tokens)
+    with pytest.warns(UserWarning, match="--precision fp16: the fp16 check could not run .* unchecked"):
+        chosen, check = precision.choose("t", "text", "fp16", _NoHalfOnCpu(), tokens)
+    assert chosen == "fp16" and check["ran"] is False and "not implemented for 'Half'" in check["why"]
+
+
 def test_coreml_export_writes_fp32_for_the_tower_that_overflows_fp16(tmp_path):
     pytest.importorskip("coremltools")
 

@@ -104,6 +104,7 @@ def fp16_check(module: nn.Module, inputs: torch.Tensor) -> dict[str, Any]:
     where, peak = max(peaks.items(), key=lambda item: item[1]) if peaks else ("", 0.0)
     norm_where, norm_sum = max(sum_sq.items(), key=lambda item: item[1]) if sum_sq else (None, None)
     return {
+        "ran": True,
         "inputs": int(len(inputs)),
         "max_abs_activation": peak,
         "at": where,
@@ -156,10 +157,19 @@ def choose(
     if inputs is None:
         raise ValueError(
             f"{label}: the fp16 check runs the {tower} tower over the built-in captions, which needs the "
-            "model's tokenizer (tokenizer=open_clip.get_tokenizer(name)); or ask for a precision "
-            "(--precision fp16|fp32, compute_precision=...)"
+            "model's tokenizer: pass tokenizer=open_clip.get_tokenizer(name), or compute_precision='fp32'"
         )
-    check = fp16_check(module, inputs)
+    try:
+        check = fp16_check(module, inputs)
+    except (RuntimeError, NotImplementedError) as error:  # an op PyTorch cannot run in fp16 on the CPU
+        why = f"the fp16 check could not run the {tower} tower in fp16 on the CPU ({error})"
+        if requested == AUTO:
+            raise RuntimeError(
+                f"{label}: {why}, so whether fp16 is safe for it is unknown: export with --precision fp32, "
+                "or with --precision fp16 and check the artifact's embeddings on a Mac (docs/deployment.md)"
+            ) from error
+        warnings.warn(f"{label}: --precision fp16: {why}; the fp16 artifact is unchecked.", stacklevel=3)
+        return "fp16", {"ran": False, "safe": None, "why": why}
     safe, why = fp16_safe(check)
     check["safe"], check["why"] = safe, why
     if requested == "fp16":
