@@ -29,6 +29,26 @@ def tiny_clip(seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
+def small_text_clip(seed: int = 0) -> torch.nn.Module:
+    """A small CLIP whose text tower is shaped like MobileCLIP2-S0's where int8 calibration matters:
+    no causal mask (every token attends to the padding), CLIP's tokenizer, vocabulary and context
+    (77), but 2 layers of width 128; the image tower is tiny_clip's."""
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(
+        embed_dim=32,
+        vision_cfg=open_clip.CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
+        text_cfg=open_clip.CLIPTextCfg(
+            context_length=77, vocab_size=49408, width=128, heads=2, layers=2, no_causal_mask=True
+        ),
+    )
+    return model.eval()
+
+
+def clip_tokenizer():
+    """The tokenizer of small_text_clip: OpenAI CLIP's BPE (what the MobileCLIP models use)."""
+    return open_clip.get_tokenizer("ViT-B-32")
+
+
 def tiny_tokenizer(texts: list[str]) -> torch.Tensor:
     """Deterministic toy tokenizer for the tiny model: [start] + letters + [end], context 8."""
     rows = torch.zeros(len(texts), 8, dtype=torch.long)

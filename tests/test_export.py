@@ -167,7 +167,7 @@ def test_failed_check_leaves_the_previous_export_intact_and_no_stale_sidecar(tmp
 def test_failed_int8_fidelity_writes_nothing(tmp_path):
     out = tmp_path / "out"
     images, captions = write_calibration_set(tmp_path)
-    with pytest.raises(ExportParityError, match="mean cosine of .* below the threshold 1.01"):
+    with pytest.raises(ExportParityError, match="minimum cosine of .* below the threshold 1.01"):
         _tiny_export(
             out, int8=True, calibration_images=images, calibration_captions=captions, min_cosine=1.01
         )
@@ -175,7 +175,7 @@ def test_failed_int8_fidelity_writes_nothing(tmp_path):
 
 
 def test_int8_without_calibration_data_warns_that_fidelity_is_unmeasured(tmp_path):
-    with pytest.warns(UserWarning, match="fidelity to real data is UNMEASURED"):
+    with pytest.warns(UserWarning, match="fidelity on your data is UNMEASURED"):
         # no threshold: the tiny model's -inf causal mask does not survive ONNX QDQ (the S0 models'
         # int8 fidelity is tested in test_export_mobile.py)
         result = _tiny_export(tmp_path, int8=True, min_cosine=None)
@@ -183,6 +183,7 @@ def test_int8_without_calibration_data_warns_that_fidelity_is_unmeasured(tmp_pat
     assert config["precision"] == "int8" and config["calibration"]["synthetic"] == ["image", "text"]
     assert config["fidelity"]["synthetic_inputs"] == ["image", "text"]
     assert "zero_shot_top1_agreement" not in config["fidelity"]  # no labels without real data
+    assert config["fidelity"]["text"]["captions"]["count"] == 50  # the built-in captions, evaluated anyway
 
 
 _KILL_SCRIPT = """
@@ -232,6 +233,14 @@ def test_bad_requests_are_clear_errors(tmp_path, capsys, monkeypatch):
         _tiny_export(tmp_path, calibration_captions="x.txt")
     with pytest.raises(FileNotFoundError, match="holds no image files"):
         _tiny_export(tmp_path, int8=True, calibration_images=tmp_path)
+    with pytest.raises(
+        ValueError, match=r"compute_precision'\] do not apply to onnx \(it takes: opset, dynamo\)"
+    ):
+        _tiny_export(tmp_path, compute_precision="fp16")
+    with pytest.raises(ValueError, match="compute precision 'fp8': expected one of auto, fp16, fp32"):
+        _tiny_export(tmp_path, format="coreml", compute_precision="fp8")
+    assert cli.main(["export", "MobileCLIP2-S0", "--precision", "fp16", "--out", str(tmp_path)]) == 1
+    assert "--precision does not apply to --format onnx" in capsys.readouterr().err
     assert cli.main(["export", "MobileCLIP2-SO", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "Unknown model name 'MobileCLIP2-SO'. Did you mean:" in err and "MobileCLIP2-S0" in err
@@ -320,7 +329,13 @@ def test_tiny_executorch_export_runs_in_the_executorch_runtime(tmp_path, int8):
 
 
 def test_tiny_coreml_export_passes_the_structure_check(tmp_path):
+    """Both towers fp16 by default here: the tiny text tower passes its fp16 check, which the sidecar
+    records (the fp32 choice and --precision: test_export_fidelity.py)."""
     pytest.importorskip("coremltools")
     result = _tiny_export(tmp_path / "out", format="coreml")
-    assert result.config["precision"] == "fp16" and result.config["text"]["input_dtype"] == "int32"
+    config = result.config
+    assert config["precision"] == "fp16" and config["text"]["input_dtype"] == "int32"
+    assert config["image"]["precision"] == config["text"]["precision"] == "fp16"
     assert result.image.structure["weights"] == "float16" and "softmax" in result.text.structure["op_types"]
+    check = config["text"]["fp16_check"]
+    assert check["safe"] and check["inputs"] == 50 and check["cosine_min"] >= 0.999

@@ -1,13 +1,17 @@
-"""Core ML: one ``.mlpackage`` (ML program, iOS 17+) per tower, fp16 compute with fp32 input/output.
+"""Core ML: one ``.mlpackage`` (ML program, iOS 17+) per tower, fp16 or fp32 compute with fp32
+input/output.
 
 coremltools 9.0 converts from ``torch.export`` (its ``torch.jit.trace`` path fails on both towers):
 ``ct.convert(exported.run_decompositions({}), convert_to="mlprogram", ...)``. Inputs and outputs
 are named and typed explicitly: image float32 ``[1, 3, H, W]``, text int32 ``[1, context]`` (Core ML
-has no int64 inputs), embedding float32 ``[1, D]``.
+has no int64 inputs), embedding float32 ``[1, D]``. ``compute_precision`` (``fp16`` or ``fp32``) is
+chosen per tower by the pipeline (:mod:`mobileclip2.export.precision`: fp16 where it is safe) and
+becomes coremltools' ``compute_precision``: fp16 weights and compute, or fp32 (no Neural Engine).
 
 Core ML can only run a model on macOS, so on Linux the export is checked structurally
-(:func:`check_structure`: input and output names, shapes and dtypes, every op a Core ML core op, fp16
-weights) and the numerics check is a documented command for a Mac (docs/deployment.md).
+(:func:`check_structure`: input and output names, shapes and dtypes, every op a Core ML core op, the
+weights' dtype matching the compute precision) and the numerics check is a documented command for a
+Mac (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -32,9 +36,24 @@ def _coremltools():
     return coremltools
 
 
-def write(module: nn.Module, example: torch.Tensor, path: str | os.PathLike, tower: str) -> None:
-    """Convert ``module`` (batch 1; text tokens int32) to an fp16 ML program at ``path``."""
+PRECISION_DTYPES = {"fp16": "FLOAT16", "fp32": "FLOAT32"}
+"""The MIL dtype of a program's float weights per compute precision."""
+
+
+def write(
+    module: nn.Module,
+    example: torch.Tensor,
+    path: str | os.PathLike,
+    tower: str,
+    *,
+    compute_precision: str = "fp16",
+) -> None:
+    """Convert ``module`` (batch 1; text tokens int32) to an ML program computing in ``compute_precision``."""
     ct = _coremltools()
+    if compute_precision not in PRECISION_DTYPES:
+        raise ValueError(
+            f"Core ML compute precision {compute_precision!r}: expected one of {', '.join(PRECISION_DTYPES)}"
+        )
     with torch.no_grad(), mha_fastpath_disabled():
         exported = torch.export.export(module.eval(), (example,)).run_decompositions({})
     dtype = np.float32 if example.is_floating_point() else np.int32
@@ -44,13 +63,13 @@ def write(module: nn.Module, example: torch.Tensor, path: str | os.PathLike, tow
         minimum_deployment_target=ct.target.iOS17,
         inputs=[ct.TensorType(name=tower, shape=tuple(example.shape), dtype=dtype)],
         outputs=[ct.TensorType(name=f"{tower}_embedding", dtype=np.float32)],
-        compute_precision=ct.precision.FLOAT16,
+        compute_precision=ct.precision.FLOAT16 if compute_precision == "fp16" else ct.precision.FLOAT32,
     )
     model.save(str(path))
 
 
 def check_structure(
-    path: str | os.PathLike, tower: str, input_shape: list[int], embed_dim: int
+    path: str | os.PathLike, tower: str, input_shape: list[int], embed_dim: int, precision: str = "fp16"
 ) -> dict[str, Any]:
     """What can be checked without macOS; raises ExportParityError on any mismatch, returns a summary."""
     ct = _coremltools()
@@ -80,14 +99,15 @@ def check_structure(
     const_dtypes = {
         mil.DataType.Name(op.outputs[0].type.tensorType.dataType) for op in operations if op.type == "const"
     }
-    if "FLOAT16" not in const_dtypes:
-        problems.append(f"no fp16 weights (const dtypes {sorted(const_dtypes)}): not fp16 compute")
+    want, other = PRECISION_DTYPES[precision], PRECISION_DTYPES["fp32" if precision == "fp16" else "fp16"]
+    if want not in const_dtypes or other in const_dtypes:
+        problems.append(f"const dtypes {sorted(const_dtypes)}: not {precision} compute")
     if problems:
         raise ExportParityError(f"{Path(path).name}: Core ML structure check failed: " + "; ".join(problems))
     return {
         "opset": function.opset,
         "op_types": op_types,
-        "weights": "float16",
+        "weights": want.lower(),
         "checked": "structure (Linux)",
     }
 

@@ -19,6 +19,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,6 +95,17 @@ def load(path: str | os.PathLike, threads: int | None = None) -> Runner:
     return run
 
 
+INT8_RECIPE: dict[str, Any] = {
+    "quantizer": "onnxruntime quantize_static, QDQ",
+    "weights": "int8 symmetric, per output channel",
+    "activations": "uint8 per tensor, static: ranges calibrated on the calibration rows",
+    "quantized_ops": "every op type ONNX Runtime's QDQ quantizer supports (MatMul, Conv, Gemm, Add, Mul, "
+    "Softmax, LayerNormalization, the token embedding's Gather, ...)",
+    "float_ops": "op types it has no int8 form for (Erf, Div, ReduceMean, ...)",
+}
+"""What an int8 graph quantizes, both towers (recorded in the sidecar)."""
+
+
 def write_int8(
     module: nn.Module,
     example: torch.Tensor,
@@ -103,8 +115,9 @@ def write_int8(
     *,
     opset: int = DEFAULT_OPSET,
     dynamo: bool = False,
-) -> None:
-    """Static QDQ int8 (U8S8, per-channel weights) calibrated on ``calibration`` (batches of inputs)."""
+) -> dict[str, Any]:
+    """Static QDQ int8 (U8S8, per-channel weights) calibrated on ``calibration`` (batches of inputs);
+    returns :data:`INT8_RECIPE`."""
     ort = _onnxruntime()
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -134,3 +147,4 @@ def write_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
+    return INT8_RECIPE

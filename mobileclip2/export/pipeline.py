@@ -28,6 +28,7 @@ from ..errors import ExporterUnavailableError
 from ..files import fsync_dir, staging_dir
 from ..system import captured_output
 from . import calibration as calib
+from . import precision as precisions
 from .formats import (
     DEFAULT_MIN_AGREEMENT,
     DEFAULT_MIN_COSINE,
@@ -50,10 +51,13 @@ class TowerExport:
     input_shape: list[Any]
     input_dtype: str
     output_name: str
+    precision: str = "fp32"
     size_bytes: int = 0
     max_abs_diff: float | None = None
     fidelity: dict[str, Any] | None = None
     structure: dict[str, Any] | None = None
+    int8: dict[str, Any] | None = None  # the quantization recipe the format applied
+    fp16_check: dict[str, Any] | None = None  # :func:`.precision.fp16_check` where it decided or was asked
 
 
 @dataclass
@@ -145,7 +149,10 @@ def export_loaded(
 ) -> ExportResult:
     """Export both towers of an already built open_clip model; see :func:`export_model`.
 
-    ``options`` are the format's own (:attr:`FormatSpec.options`, e.g. ``opset`` for ONNX).
+    ``options`` are the format's own (:attr:`FormatSpec.options`, e.g. ``opset`` for ONNX). A format
+    that takes ``compute_precision`` gets it per tower (:func:`.precision.choose`: ``"auto"`` runs the
+    text tower's fp16 check). int8 needs ``tokenizer``: the int8 text tower is evaluated on the
+    built-in captions.
     """
     spec = format_spec(format)
     options = _format_options(spec, options)
@@ -154,6 +161,11 @@ def export_loaded(
         raise ValueError(f"--int8 is supported for {int8_formats}, not {format!r}")
     if not int8 and (calibration_images or calibration_captions):
         raise ValueError("calibration images/captions are only used with --int8")
+    if int8 and tokenizer is None:
+        raise ValueError(
+            "an int8 export needs the model's tokenizer (tokenizer=open_clip.get_tokenizer(name)): the int8 "
+            "text tower is evaluated on the built-in captions"
+        )
     fmt = format_module(format)
     out_dir = Path(out_dir)
     model = prepared(model)
@@ -170,6 +182,9 @@ def export_loaded(
         )
     generator = torch.Generator().manual_seed(0)
     checked = check and spec.runs_here()
+    captions = None  # the evaluation captions, tokenized once, when a precision check needs them
+    if "compute_precision" in options and tokenizer is not None:
+        captions = tokenizer(calib.evaluation_captions()).long()
     with staging_dir(out_dir / names["sidecar"]) as staging:
         towers: dict[str, TowerExport] = {}
         runners: dict[str, Any] = {}
@@ -182,13 +197,21 @@ def export_loaded(
             example = geo.example(tower, batch=1)
             example = example.int() if int32 else example
             path = staging / names[tower]
+            tower_options, fp16_check = dict(options), None
+            tower_precision = "int8" if int8 else spec.precision
+            if "compute_precision" in options:  # reduced-precision formats: fp16 only where it is safe
+                tower_precision, fp16_check = precisions.choose(
+                    names[tower], tower, options["compute_precision"], module, captions
+                )
+                tower_options["compute_precision"] = tower_precision
+            recipe = None
             with captured_output():  # exporters print pages of progress and notes; shown on failure
                 if int8:
                     rows, _ = data.split(tower)
                     rows = rows.int() if int32 else rows
-                    fmt.write_int8(module, example, path, tower, list(rows.split(8)), **options)
+                    recipe = fmt.write_int8(module, example, path, tower, list(rows.split(8)), **options)
                 else:
-                    fmt.write(module, example, path, tower, **options)
+                    fmt.write(module, example, path, tower, **tower_options)
             batch = 1 if spec.fixed_batch else "batch"
             shape = [batch, 3, geo.height, geo.width] if tower == "image" else [batch, geo.context]
             record = TowerExport(
@@ -197,13 +220,18 @@ def export_loaded(
                 shape,
                 "float32" if tower == "image" else ("int32" if int32 else "int64"),
                 f"{tower}_embedding",
+                precision=tower_precision,
                 size_bytes=sum(artifact_size(staging / f) for f in _artifact_files(spec, names[tower])),
+                int8=recipe,
+                fp16_check=fp16_check,
             )
             parity_batch = 1 if spec.fixed_batch else None
             if check and not spec.runs_here():
                 embed_dim = int(embed(module, example).shape[-1])
                 with captured_output():
-                    record.structure = fmt.check_structure(path, tower, [1, *shape[1:]], embed_dim)
+                    record.structure = fmt.check_structure(
+                        path, tower, [1, *shape[1:]], embed_dim, precision=tower_precision
+                    )
             elif check:
                 with captured_output():
                     runners[tower] = fmt.load(path, threads)
@@ -217,7 +245,11 @@ def export_loaded(
                     else:  # reduced-precision compute is judged like int8, by cosine
                         record.fidelity = {"random_inputs": calib.cosine_summary(got, want)}
                         calib.check_fidelity(
-                            names[tower], {"calibration": record.fidelity["random_inputs"]}, min_cosine
+                            names[tower],
+                            record.fidelity,
+                            min_cosine,
+                            what=tower_precision,
+                            remedy="Export with --precision fp32.",
                         )
             towers[tower] = record
         fidelity = None
@@ -228,7 +260,7 @@ def export_loaded(
         config: dict[str, Any] = {
             "model": name,
             "format": format,
-            "precision": "int8" if int8 else spec.precision,
+            "precision": _overall_precision(towers),
             "embed_dim": embed_dim,
             "normalized_embeddings": normalize,
             "logit_scale": float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else None,
@@ -241,7 +273,10 @@ def export_loaded(
                     "input_shape": rec.input_shape,
                     "input_dtype": rec.input_dtype,
                     "output_name": rec.output_name,
+                    "precision": rec.precision,
                     "size_bytes": rec.size_bytes,
+                    **({"int8": rec.int8} if rec.int8 else {}),
+                    **({"fp16_check": rec.fp16_check} if rec.fp16_check else {}),
                     **({"structure": rec.structure} if rec.structure else {}),
                 }
                 for tower, rec in towers.items()
@@ -261,6 +296,7 @@ def export_loaded(
             config["calibration"] = data.source
             config["fidelity"] = {
                 "min_cosine": min_cosine,
+                "gate": "minimum cosine over every evaluated input: calibration, held out, built-in captions",
                 "min_agreement": min_agreement,
                 **(fidelity or {"checked": False}),
             }
@@ -270,9 +306,16 @@ def export_loaded(
     return ExportResult(towers["image"], towers["text"], str(out_dir / names["sidecar"]), config)
 
 
+def _overall_precision(towers: dict[str, TowerExport]) -> str:
+    """The towers' common precision, or ``"mixed"`` (each tower's own is in its block)."""
+    found = {record.precision for record in towers.values()}
+    return found.pop() if len(found) == 1 else "mixed"
+
+
 def _fidelity(data, modules, runners, spec, towers, names, min_cosine, min_agreement) -> dict[str, Any]:
-    """Cosine of int8 to fp32 per tower and split, and zero-shot top-1 agreement; fails below the
-    thresholds, naming the tower and the number."""
+    """Cosine of int8 to fp32 per tower and evaluated set (:meth:`.calibration.CalibrationSet.evaluation`:
+    calibration, held out, the built-in captions), and zero-shot top-1 agreement; fails when the minimum
+    cosine or an agreement is below its threshold, naming the tower, the set and the number."""
     report: dict[str, Any] = {"synthetic_inputs": data.source.get("synthetic", [])}
     batch = 1 if spec.fixed_batch else None
 
@@ -281,11 +324,9 @@ def _fidelity(data, modules, runners, spec, towers, names, min_cosine, min_agree
         return run_batched(runners[tower], feed.numpy(), batch), embed(modules[tower], feed).numpy()
 
     for tower in TOWERS:
-        calibration_rows, held_rows = data.split(tower)
-        tower_report = {
-            "calibration": calib.cosine_summary(*both(tower, calibration_rows)),
-            "held_out": calib.cosine_summary(*both(tower, held_rows)) if len(held_rows) else None,
-        }
+        tower_report: dict[str, Any] = {"calibration": None, "held_out": None}  # None: an empty set
+        for name, rows in data.evaluation(tower).items():
+            tower_report[name] = calib.cosine_summary(*both(tower, rows))
         towers[tower].fidelity = tower_report
         report[tower] = tower_report
     if data.labels:
