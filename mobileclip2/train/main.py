@@ -104,8 +104,8 @@ def load_dr_config(path: str) -> dict:
 def warn_if_warmup_outlasts_the_run(args, data: dict) -> None:
     """Say so when the learning-rate warmup is longer than the whole run: open_clip_train's default
     ``--warmup 10000`` keeps the learning rate near 0 through any short run, which looks like a model
-    that does not learn."""
-    loader = getattr(data.get("train"), "dataloader", None)
+    that does not learn. ``data`` is open_clip_train's dict of loaders; anything else has no run length."""
+    loader = getattr(data.get("train"), "dataloader", None) if isinstance(data, dict) else None
     batches = getattr(loader, "num_batches", None)
     warmup, epochs = getattr(args, "warmup", None), getattr(args, "epochs", None)
     if not batches or warmup is None or not epochs:
