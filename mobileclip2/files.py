@@ -201,21 +201,28 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def exclusive_lock(dst: str | os.PathLike) -> Iterator[Path]:
+def exclusive_lock(dst: str | os.PathLike, *, wait: float = 0.0) -> Iterator[Path]:
     """Hold the writer's lock of ``dst`` (the file ``.NAME.lock`` beside it) while the block runs.
 
     Why: two runs (or a leftover process of an earlier run) writing the same output would both do
     the work and the later rename would silently win; with the lock the second raises
     OutputLockedError at once, naming the holder. The kernel drops the lock when its process dies
     (kill -9 too), so a dead writer's lock file never blocks a rerun; the holder removes the file.
+
+    ``wait``: seconds to wait for the holder to finish before raising (``math.inf``: as long as it
+    takes), for writers whose second copy should reuse the first one's output (the graph cache).
     """
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     path = dst.parent / f".{dst.name}.lock"
+    deadline = time.monotonic() + wait
     while True:
         handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         if not _try_lock(handle, path):
             os.close(handle)
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
             raise OutputLockedError(
                 f"{dst} is being written by another process ({_holder(path)}, lock file {path}): "
                 "two runs write into the same output. Wait for the other run to finish (or stop it), "
