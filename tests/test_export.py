@@ -226,7 +226,7 @@ def test_kill_9_mid_export_leaves_no_partial_file_or_stale_sidecar_and_a_rerun_r
 def test_bad_requests_are_clear_errors(tmp_path, capsys, monkeypatch):
     with pytest.raises(ValueError, match="unsupported export format 'tflite'; supported: onnx, executorch"):
         export_model("MobileCLIP2-S0", tmp_path, format="tflite")
-    with pytest.raises(ValueError, match="--int8 is supported for onnx, executorch, not 'coreml'"):
+    with pytest.raises(ValueError, match="--int8 is supported for onnx, executorch, openvino, not 'coreml'"):
         _tiny_export(tmp_path, format="coreml", int8=True)
     with pytest.raises(ValueError, match="only used with --int8"):
         _tiny_export(tmp_path, calibration_captions="x.txt")

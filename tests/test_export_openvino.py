@@ -179,6 +179,7 @@ def test_openvino_export_of_the_s0_towers(name, tmp_path):
         calibration_images=images,
         calibration_captions=captions,
         min_cosine=0.9,
+        min_agreement=None,  # random weights: two labels nearly tie, and a tie can flip either way
         **options,
     )
     fidelity = int8.config["fidelity"]
