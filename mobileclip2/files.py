@@ -35,6 +35,7 @@ from .errors import OutputLockedError
 __all__ = [
     "PAUSE_BEFORE_REPLACE_ENV",
     "atomic_output",
+    "default_dir_mode",
     "default_file_mode",
     "exclusive_lock",
     "fsync_dir",
@@ -99,11 +100,20 @@ def remove_stale_temporaries(dst: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def default_file_mode() -> int:
-    """0o666 minus the process umask: the mode ``open()`` gives a new file (0644 under umask 022)."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def default_file_mode() -> int:
+    """0o666 minus the process umask: the mode ``open()`` gives a new file (0644 under umask 022)."""
+    return 0o666 & ~_umask()
+
+
+def default_dir_mode() -> int:
+    """0o777 minus the process umask: the mode ``mkdir`` gives a new folder (``mkdtemp`` gives 0700)."""
+    return default_file_mode() | (0o111 & ~_umask())
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:

@@ -16,9 +16,10 @@ applied by ``compile_model``. OpenVINO's CPU threads do not spin after a request
 
 int8 (:func:`quantize`): NNCF post-training quantization of the weighted layers; for text towers
 ``ModelType.TRANSFORMER`` (the inputs of softmax, LayerNorm and the attention-score matmuls stay
-float) and the final projection kept float (:func:`final_projection`). It beat OpenVINO reading our
-ONNX QDQ graph in speed (text 4.3x upstream vs 2.6x on MobileCLIP-S0; image 3.2x vs 1.3x at batch 1)
-at the same cosine.
+float) and the final projection kept float (:func:`final_projection`). Chosen by measurement: on
+MobileCLIP-S0's text tower it ran 4.3x upstream eager where OpenVINO reading our ONNX QDQ graph ran
+2.6x, at the same cosine; on MobileCLIP2-S0's image tower at batch 1, 3.2x where ONNX Runtime's QDQ
+ran 1.3x.
 """
 
 from __future__ import annotations

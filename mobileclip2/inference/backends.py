@@ -49,8 +49,9 @@ from ..errors import ExporterUnavailableError, ExportParityError
 from ..export import onnx as onnx_format
 from ..export.formats import DEFAULT_MIN_COSINE, DEFAULT_OPSET, DEFAULT_TOLERANCE, FORMATS
 from ..export.parity import check_max_abs_diff, cosines
+from ..export.pipeline import format_module
 from ..export.towers import TOWERS, Geometry, embed, geometry, prepared, tower_module
-from ..files import exclusive_lock, fsync_dir, staging_dir
+from ..files import default_dir_mode, exclusive_lock, fsync_dir, staging_dir
 from ..system import captured_output, package_versions, thread_count
 from .captions import CALIBRATION_CAPTIONS, CHECK_CAPTIONS
 
@@ -231,17 +232,8 @@ def _build_tower(
 
 
 def _load(backend: str, path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    if backend == "onnxruntime":
-        return onnx_format.load(path, threads)
-    from ..export import openvino
-
-    return openvino.load(path, threads)
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
+    """The graph in its runtime, through the loader the exports use."""
+    return format_module(BACKENDS[backend]).load(path, threads)
 
 
 def _complete(entry: Path) -> dict[str, Any] | None:
@@ -271,7 +263,7 @@ def _cached_entry(
         with staging_dir(entry) as work:
             meta = {"key": key, **description, "towers": build(work)}
             (work / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            os.chmod(work, 0o777 & ~_umask())  # mkdtemp's 0700 would hide a shared cache from others
+            os.chmod(work, default_dir_mode())  # mkdtemp's 0700 would hide a shared cache from others
             os.replace(work, entry)
             fsync_dir(root)
     return entry, meta
