@@ -212,29 +212,12 @@ def same_work_pairs(
     ]
 
 
-def caption_tokens(
-    batch: int, context: int, vocab: int, length: int, generator: torch.Generator
-) -> torch.Tensor:
-    """Token rows shaped like a tokenizer's: start, ``length - 2`` words, end-of-text, zero padding.
-
-    Start and end use the two highest ids (CLIP's convention, so argmax pooling finds the end).
-    """
-    import torch
-
-    length = min(length, context)
-    tokens = torch.zeros(batch, context, dtype=torch.long)
-    tokens[:, 1 : length - 1] = torch.randint(1, vocab - 2, (batch, length - 2), generator=generator)
-    tokens[:, 0] = vocab - 2
-    tokens[:, length - 1] = vocab - 1
-    return tokens
-
-
 def tower_inputs(model: nn.Module, batch: int, caption: int = CAPTION_TOKENS) -> dict[str, torch.Tensor]:
     """Random image, caption and full-context token inputs of the sizes ``model`` expects (fixed seed)."""
     import torch
 
     from .inference.onednn import example_inputs
-    from .shapes import token_geometry
+    from .shapes import caption_tokens, token_geometry
 
     image, _ = example_inputs(model)
     generator = torch.Generator().manual_seed(0)

@@ -193,15 +193,24 @@ class ExportParityError(MobileCLIP2Error, RuntimeError):
 
 
 class ExporterUnavailableError(MobileCLIP2Error, ImportError):
-    """The package that writes or runs a format is not installed."""
+    """The package that writes or runs a format is not installed (``needed_for`` names what asked for
+    it when that is not an export, e.g. ``optimize(backend="openvino")``)."""
 
-    def __init__(self, format: str, package: str, extra: str, cause: BaseException | None = None):
+    def __init__(
+        self,
+        format: str,
+        package: str,
+        extra: str,
+        cause: BaseException | None = None,
+        *,
+        needed_for: str | None = None,
+    ):
         self.format = format
         self.package = package
         self.extra = extra
         reason = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
         super().__init__(
-            f"exporting to {format} needs {package}, which is not importable{reason}. "
+            f"{needed_for or f'exporting to {format}'} needs {package}, which is not importable{reason}. "
             f"Install it with: pip install 'mobileclip2[{extra}]'"
         )
 

@@ -35,6 +35,7 @@ from .errors import OutputLockedError
 __all__ = [
     "PAUSE_BEFORE_REPLACE_ENV",
     "atomic_output",
+    "default_dir_mode",
     "default_file_mode",
     "exclusive_lock",
     "fsync_dir",
@@ -99,11 +100,20 @@ def remove_stale_temporaries(dst: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def default_file_mode() -> int:
-    """0o666 minus the process umask: the mode ``open()`` gives a new file (0644 under umask 022)."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def default_file_mode() -> int:
+    """0o666 minus the process umask: the mode ``open()`` gives a new file (0644 under umask 022)."""
+    return 0o666 & ~_umask()
+
+
+def default_dir_mode() -> int:
+    """0o777 minus the process umask: the mode ``mkdir`` gives a new folder (``mkdtemp`` gives 0700)."""
+    return default_file_mode() | (0o111 & ~_umask())
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -201,21 +211,28 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def exclusive_lock(dst: str | os.PathLike) -> Iterator[Path]:
+def exclusive_lock(dst: str | os.PathLike, *, wait: float = 0.0) -> Iterator[Path]:
     """Hold the writer's lock of ``dst`` (the file ``.NAME.lock`` beside it) while the block runs.
 
     Why: two runs (or a leftover process of an earlier run) writing the same output would both do
     the work and the later rename would silently win; with the lock the second raises
     OutputLockedError at once, naming the holder. The kernel drops the lock when its process dies
     (kill -9 too), so a dead writer's lock file never blocks a rerun; the holder removes the file.
+
+    ``wait``: seconds to wait for the holder to finish before raising (``math.inf``: as long as it
+    takes), for writers whose second copy should reuse the first one's output (the graph cache).
     """
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     path = dst.parent / f".{dst.name}.lock"
+    deadline = time.monotonic() + wait
     while True:
         handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         if not _try_lock(handle, path):
             os.close(handle)
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
             raise OutputLockedError(
                 f"{dst} is being written by another process ({_holder(path)}, lock file {path}): "
                 "two runs write into the same output. Wait for the other run to finish (or stop it), "

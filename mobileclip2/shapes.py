@@ -5,9 +5,12 @@ takes (open_clip's own defaults where the model or config leaves them out)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["height_width", "image_height_width", "token_geometry"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["caption_tokens", "height_width", "image_height_width", "token_geometry"]
 
 
 def height_width(size: int | Sequence[int]) -> tuple[int, int]:
@@ -54,3 +57,20 @@ def token_geometry(model: Any) -> tuple[int, int]:
         value = getattr(text, key, None) or getattr(model, key, None) or text_cfg_default(key)
         found.append(int(value))
     return found[0], found[1]
+
+
+def caption_tokens(
+    batch: int, context: int, vocab: int, length: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Token rows shaped like a tokenizer's: start, ``length - 2`` words, end-of-text, zero padding.
+
+    Start and end use the two highest ids (CLIP's convention, so argmax pooling finds the end).
+    """
+    import torch
+
+    length = min(length, context)
+    tokens = torch.zeros(batch, context, dtype=torch.long)
+    tokens[:, 1 : length - 1] = torch.randint(1, vocab - 2, (batch, length - 2), generator=generator)
+    tokens[:, 0] = vocab - 2
+    tokens[:, length - 1] = vocab - 1
+    return tokens

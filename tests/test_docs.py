@@ -159,6 +159,7 @@ def _environment(cache: Path) -> dict[str, str]:
     from hub_cache import offline_env
 
     env = {**os.environ, **offline_env(cache), "PYTHONUNBUFFERED": "1"}
+    env["MOBILECLIP2_CACHE"] = str(cache.parent / "graphs")  # optimize(backend=...)'s graphs: not in ~
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 

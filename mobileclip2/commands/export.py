@@ -20,7 +20,8 @@ from mobileclip2.export.formats import (
 )
 
 HELP = (
-    "Export the image and text towers (ONNX, ExecuTorch, Core ML, LiteRT; fp32 or int8) with a JSON sidecar."
+    "Export the image and text towers (ONNX, ExecuTorch, Core ML, LiteRT, OpenVINO; fp32 or int8) "
+    "with a JSON sidecar."
 )
 
 

@@ -22,6 +22,11 @@ wrong search result however good the average. Zero-shot agreement: over every im
 int8 model's top-1 label equals the fp32 model's. The labels are the image sub-folder names (prompt
 ``"a photo of a {label}."``) when the images sit in two or more sub-folders, else the captions.
 
+``optimize(..., int8=True)`` calibrates its static text graphs (NNCF) on
+:func:`builtin_calibration_captions` (``mobileclip2/data/calibration_captions.txt``, disjoint from the
+evaluation captions) and checks them on :func:`evaluation_captions`: on real captions NNCF text int8
+of MobileCLIP2-S0 reached a cosine of 0.998 to fp32, calibrated on random ids 0.647.
+
 Without calibration data the export calibrates on synthetic inputs shaped like the real ones:
 normal-noise images, and captions: random sequences of common English words through the model's
 tokenizer (start token, words, end token, zero padding), or without a tokenizer, token rows of the
@@ -43,13 +48,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..benchmarking import caption_tokens
 from ..errors import ExportParityError
+from ..shapes import caption_tokens
 from .formats import HELD_OUT_EVERY, IMAGE_SUFFIXES
 from .parity import cosines
 from .towers import Geometry
 
 EVALUATION_CAPTIONS = "data/captions.txt"
+BUILTIN_CALIBRATION_CAPTIONS = "data/calibration_captions.txt"
 """The built-in evaluation captions, package data of ``mobileclip2`` (one per line)."""
 
 SYNTHETIC_IMAGES = 8
@@ -135,12 +141,21 @@ def _normalized(caption: str) -> str:
     return " ".join(caption.lower().split())
 
 
+def _packaged_lines(name: str) -> list[str]:
+    text = resources.files("mobileclip2").joinpath(name).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def builtin_calibration_captions() -> list[str]:
+    """Real captions of varied length for calibrating a text graph when the caller has none."""
+    return _packaged_lines(BUILTIN_CALIBRATION_CAPTIONS)
+
+
 def evaluation_captions(exclude: Iterable[str] = ()) -> list[str]:
     """The built-in evaluation captions, less any that are also in ``exclude`` (the user's calibration
     captions: a caption the observers saw says nothing about the ones they did not)."""
-    text = resources.files("mobileclip2").joinpath(EVALUATION_CAPTIONS).read_text(encoding="utf-8")
     seen = {_normalized(caption) for caption in exclude}
-    return [line.strip() for line in text.splitlines() if line.strip() and _normalized(line) not in seen]
+    return [line for line in _packaged_lines(EVALUATION_CAPTIONS) if _normalized(line) not in seen]
 
 
 def synthetic_captions(count: int, generator: torch.Generator) -> list[str]:

@@ -64,13 +64,18 @@ class FormatSpec:
     runs_on: str | None = None  # sys.platform where the runtime exists; None: everywhere
     options: tuple[tuple[str, object], ...] = ()  # export options this format takes, with defaults
     companions: tuple[str, ...] = ()  # suffixes of files that belong to an artifact (OpenVINO's .bin)
+    int8_requires: tuple[str, ...] = ()  # further top-level modules the int8 path imports
+    runtime_options: tuple[tuple[str, object], ...] = ()
+    """Settings a consumer must give the runtime to reproduce the checked numerics (the sidecar records
+    them, and the format's ``load`` applies them): what the artifact file cannot carry itself."""
 
     def runs_here(self) -> bool:
         return self.runs_on is None or sys.platform == self.runs_on
 
-    def missing_requirement(self) -> str | None:
-        """The first required module that is not installed, or None."""
-        return next((name for name in self.requires if importlib.util.find_spec(name) is None), None)
+    def missing_requirement(self, int8: bool = False) -> str | None:
+        """The first required module (of the int8 path too, with ``int8``) that is not installed, or None."""
+        names = (*self.requires, *(self.int8_requires if int8 else ()))
+        return next((name for name in names if importlib.util.find_spec(name) is None), None)
 
 
 FORMATS: dict[str, FormatSpec] = {
@@ -120,6 +125,22 @@ FORMATS: dict[str, FormatSpec] = {
             distributions=("litert-torch", "ai-edge-litert"),
             int32_tokens=True,
             fixed_batch=True,
+        ),
+        FormatSpec(
+            "openvino",
+            ".xml",
+            "openvino",
+            extra="openvino",
+            # converted from the ONNX graph of .onnx (one trace path for every desktop runtime)
+            requires=("openvino", "onnx"),
+            distributions=("openvino", "nncf", "onnx"),
+            int8=True,
+            int8_requires=("nncf",),
+            options=(("opset", DEFAULT_OPSET), ("dynamo", False)),
+            companions=(".bin",),
+            # OpenVINO's CPU plugin computes in bf16 by default on CPUs with AVX512-BF16 or AMX (about
+            # 4e-2 off fp32 on the text tower); a hint stored in the IR's rt_info is not applied.
+            runtime_options=(("INFERENCE_PRECISION_HINT", "f32"),),
         ),
     )
 }

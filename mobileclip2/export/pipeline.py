@@ -261,6 +261,11 @@ def export_loaded(
             "model": name,
             "format": format,
             "precision": _overall_precision(towers),
+            **(
+                {"runtime_options": dict(spec.runtime_options)}  # what the artifact cannot carry itself
+                if spec.runtime_options
+                else {}
+            ),
             "embed_dim": embed_dim,
             "normalized_embeddings": normalize,
             "logit_scale": float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else None,
@@ -269,6 +274,11 @@ def export_loaded(
             **{
                 tower: {
                     "file": names[tower],
+                    **(
+                        {"companion_files": _artifact_files(spec, names[tower])[1:]}
+                        if spec.companions
+                        else {}
+                    ),
                     "input_name": rec.input_name,
                     "input_shape": rec.input_shape,
                     "input_dtype": rec.input_dtype,
@@ -367,7 +377,7 @@ def export_model(
     min_cosine, min_agreement, the format's own options such as opset, ...).
     """
     spec = format_spec(format)  # unknown format: fail before loading weights
-    missing = spec.missing_requirement()
+    missing = spec.missing_requirement(int8)
     if missing is not None:
         raise ExporterUnavailableError(format, missing, spec.extra)
     from ..loading import load_for_inference

@@ -3,23 +3,27 @@
 Step 1 reparameterizes (:func:`mobileclip2.reparameterize`), step 2 folds affines
 (:mod:`.fold`), step 3 stops causal text towers early (:mod:`.causal_text`), step 4 swaps in oneDNN
 layers on CPU in fp32 (:mod:`.onednn`); on other devices and dtypes, step 5 (here) casts, switches
-the image tower to channels-last and compiles each tower.
+the image tower to channels-last and compiles each tower. ``backend="onnxruntime" | "openvino"``
+hands both towers to a CPU runtime instead (:mod:`.backends`).
 """
 
 from __future__ import annotations
 
 import copy
+import os
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from ..export.formats import DEFAULT_MIN_COSINE
 from ..reparam import reparameterize
 from .causal_text import CausalPrefixText, truncate_causal_text
 from .common import ImageInput, block_types
 from .fold import fold_affines
 from .onednn import onednn_available, use_onednn
 
-__all__ = ["COMPILE_MODES", "optimize"]
+__all__ = ["BACKENDS", "COMPILE_MODES", "optimize"]
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -65,9 +69,18 @@ def _parameters_on_cpu_fp32(model: nn.Module) -> bool:
     return all(t.device.type == "cpu" for t in tensors) and all(t.dtype == torch.float32 for t in floats)
 
 
+BACKENDS = ("torch", "onnxruntime", "openvino")
+
+
 def optimize(
     model: nn.Module,
     *,
+    backend: str = "torch",
+    int8: bool = False,
+    threads: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    tokenizer: Callable[[Sequence[str]], torch.Tensor] | None = None,
+    min_cosine: float | None = DEFAULT_MIN_COSINE,
     dtype: torch.dtype | None = None,
     channels_last: bool | None = None,
     onednn: bool | None = None,
@@ -80,6 +93,20 @@ def optimize(
     Args:
         model: a model from ``open_clip.create_model`` (MobileCLIP/MobileCLIP2 or any other CLIP),
             fused or not, on the device it should run on; it is put in eval mode.
+        backend: ``"torch"`` (default): the steps of the module docs, in PyTorch.
+            ``"onnxruntime"`` / ``"openvino"``: both towers as graphs of that CPU runtime, built from
+            the fp32 model once and cached on disk (:mod:`.backends`), behind the same
+            ``encode_image`` / ``encode_text`` / ``forward``; fp32 graphs match the unfused model
+            within 1e-4. Needs ``pip install 'mobileclip2[export]'`` / ``'mobileclip2[openvino]'``.
+        int8: runtime backends only: an int8 text tower (ONNX Runtime: dynamic quantization;
+            OpenVINO: NNCF calibrated on built-in captions), checked at build time against fp32 on
+            held-out built-in captions; raises below ``min_cosine`` (minimum cosine).
+        threads: runtime backends: the runtime's thread count (default: ``torch.get_num_threads()``).
+        cache_dir: runtime backends: where graphs are cached (default: ``$MOBILECLIP2_CACHE``, else
+            ``$XDG_CACHE_HOME/mobileclip2/graphs``, ``~/.cache/mobileclip2/graphs``).
+        tokenizer: ``int8=True``: the model's tokenizer for the built-in captions (default: CLIP's,
+            which every MobileCLIP model uses).
+        min_cosine: ``int8=True``: the lowest acceptable cosine of int8 to fp32 text embeddings.
         dtype: cast to this dtype (``torch.bfloat16`` / ``torch.float16`` on GPUs); ``None`` keeps
             the model's. Images may still be passed in fp32: they are cast on the way in.
         channels_last: image tower in channels-last memory format; ``None`` (default) means yes
@@ -96,10 +123,58 @@ def optimize(
     Returns:
         A model with the same ``encode_image`` / ``encode_text`` / ``forward``; in fp32 its
         embeddings match the unfused model within 1e-4. Run it under ``torch.inference_mode()``;
-        it cannot be trained or saved (see the module docs).
+        it cannot be trained or saved (see the module docs). Runtime backends return a
+        :class:`~mobileclip2.inference.backends.RuntimeCLIP` (torch tensors in and out, any batch
+        size; ``.info`` says where its graphs are cached and how they checked).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize() needs a torch.nn.Module, got {type(model).__name__}")
+    if backend not in BACKENDS:
+        raise ValueError(f"optimize(backend={backend!r}): use one of {', '.join(map(repr, BACKENDS))}")
+    if backend != "torch":
+        given = {
+            name: value
+            for name, value, default in (
+                ("dtype", dtype, None),
+                ("channels_last", channels_last, None),
+                ("onednn", onednn, None),
+                ("compile", compile, False),
+                ("inplace", inplace, False),
+            )
+            if value is not default
+        }
+        if given:
+            raise ValueError(
+                f"optimize(backend={backend!r}) builds fp32 CPU graphs; {', '.join(given)} applies to "
+                "backend='torch' only"
+            )
+        from .backends import build_runtime_model
+
+        return build_runtime_model(
+            model,
+            backend,
+            int8=int8,
+            threads=threads,
+            cache_dir=cache_dir,
+            tokenizer=tokenizer,
+            min_cosine=min_cosine,
+        )
+    runtime_only = [
+        name
+        for name, value in (
+            ("int8", int8),
+            ("threads", threads),
+            ("cache_dir", cache_dir),
+            ("tokenizer", tokenizer),
+        )
+        if value not in (None, False)
+    ]
+    if runtime_only:
+        raise ValueError(
+            f"optimize({', '.join(runtime_only)}=...) applies to the runtime backends: pass "
+            "backend='onnxruntime' or backend='openvino' (the torch backend runs fp32 or dtype=..., with "
+            "torch's own threads)"
+        )
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"optimize(dtype={dtype!r}): pass a floating torch.dtype such as torch.bfloat16")
     mode = _compile_mode(compile)
