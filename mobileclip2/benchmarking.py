@@ -7,8 +7,10 @@ or thread pool is shared between them, so one runtime cannot slow down the next 
 * ``upstream``: ``open_clip.create_model`` + ``timm.utils.reparameterize_model`` (what a user of
   plain open_clip + timm runs), eager PyTorch;
 * ``ours``: :func:`mobileclip2.optimize`;
-* ``onnxruntime``: both towers exported to ONNX, in an onnxruntime CPU session whose intra-op
-  threads do not spin after a call (``session.intra_op.allow_spinning = 0``). Spinning threads
+* ``onnxruntime`` / ``openvino``: ``optimize(model, backend=...)``, both towers as graphs of that
+  runtime; ``onnxruntime-int8`` / ``openvino-int8``: the same with ``int8=True`` (int8 text tower;
+  timed on the text towers only, checked by cosine). ONNX Runtime's intra-op threads must not spin
+  after a call (``session.intra_op.allow_spinning = 0``, as the backend sets it): spinning threads
   keep the cores busy after ``run`` returns and slow down whichever runtime is timed next.
 
 Method (:func:`paired_samples`): the runtimes are called alternately (the driver asks one worker
@@ -74,6 +76,7 @@ __all__ = [
 CAPTION_TOKENS = 12  # "a photo of a golden retriever on a beach." with start and end tokens
 INTERFERENCE_LIMIT = 0.10  # upstream alone vs among the other runtimes: beyond this, invalid
 PARITY_LIMIT = 1e-3  # fp32 max abs diff of a runtime's output vs upstream's before it is timed
+INT8_MIN_COSINE = 0.99  # int8 runtimes: lowest per-row cosine to upstream's output before it is timed
 FAULT_CALLS = 3  # untimed calls per runtime and group whose page faults are counted (after the timing)
 
 
@@ -187,6 +190,7 @@ class Measurement:
     interference: float  # upstream median among others / alone - 1
     samples: list[float] = field(default_factory=list)
     max_abs_diff: float = 0.0  # of this runtime's output vs upstream's on the timed input
+    min_cosine: float = 1.0  # lowest per-row cosine of this runtime's output to upstream's
     page_faults: float | None = None  # median minor page faults per call (None: not counted)
 
     @property
@@ -236,53 +240,6 @@ def upstream_model(model: nn.Module) -> nn.Module:
     baseline = reparameterize_model(copy.deepcopy(model).eval())
     baseline.requires_grad_(False)
     return baseline
-
-
-def _encoder_module(model: nn.Module, tower: str) -> nn.Module:
-    """``encode_image`` / ``encode_text`` as a module's forward, for the ONNX exporter."""
-    from torch import nn
-
-    class Encode(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            return self.model.encode_image(x) if tower == "image" else self.model.encode_text(x)
-
-    return Encode()
-
-
-class OnnxTowers:
-    """Both towers of the reparameterized model as ONNX graphs in onnxruntime CPU sessions with
-    non-spinning intra-op threads (the thread count torch uses), checked against the model."""
-
-    def __init__(self, model: nn.Module, inputs: dict[str, torch.Tensor], threads: int):
-        import numpy as np
-        import torch
-
-        from .export import onnx
-
-        self._dir = tempfile.TemporaryDirectory(prefix="mobileclip2-bench-")
-        self.runs: dict[str, Callable[[Any], Any]] = {}
-        self.max_abs_diff = {}
-        for tower in ("image", "text"):
-            path = f"{self._dir.name}/{tower}.onnx"
-            example = inputs[tower][:1]
-            onnx.write(_encoder_module(model, tower), example, path, tower)
-            self.runs[tower] = run = onnx.load(path, threads)  # non-spinning session, torch's threads
-            with torch.inference_mode():
-                expected = (model.encode_image if tower == "image" else model.encode_text)(example).numpy()
-            self.max_abs_diff[tower] = float(np.abs(run(example.numpy()) - expected).max())
-
-    def runner(self, tower: str, inputs: torch.Tensor) -> Callable[[], Any]:
-        run = self.runs["image" if tower == "image" else "text"]
-        array = inputs.numpy()
-        return lambda: run(array)
-
-    def close(self) -> None:
-        self.runs.clear()
-        self._dir.cleanup()
 
 
 def encoder_call(model: nn.Module, tower: str, inputs: torch.Tensor) -> Callable[[], Any]:
@@ -395,10 +352,30 @@ def build_ours(recipe: Recipe) -> Callable[[str, Any], Callable[[], Any]]:
     return lambda tower, inputs: encoder_call(fast, tower, inputs)
 
 
-def build_onnxruntime(recipe: Recipe) -> Callable[[str, Any], Callable[[], Any]]:
-    model = _built_model(recipe)
-    towers = OnnxTowers(upstream_model(model), tower_inputs(model, 1), recipe.threads)
-    return towers.runner  # the temporary folder lives as long as the worker
+def build_backend(recipe: Recipe) -> Callable[[str, Any], Callable[[], Any]]:
+    """``optimize(model, backend=...)`` for the runtime names ``onnxruntime`` / ``openvino`` (fp32 graphs)
+    and ``onnxruntime-int8`` / ``openvino-int8`` (int8 text tower, :func:`int8_text_runtime`); the graphs
+    are built into a folder that lives as long as the worker, so every run builds them afresh."""
+    from .inference import optimize
+
+    backend = recipe.runtime.removesuffix("-int8")
+    folder = tempfile.TemporaryDirectory(prefix="mobileclip2-bench-")  # removed when the worker exits
+    fast = optimize(
+        _built_model(recipe),
+        backend=backend,
+        int8=int8_text_runtime(recipe.runtime),
+        threads=recipe.threads,
+        cache_dir=folder.name,
+    )
+    fast.cache_folder = folder
+    return lambda tower, inputs: encoder_call(fast, tower, inputs)
+
+
+def int8_text_runtime(runtime: str) -> bool:
+    """Whether ``runtime`` is an ``optimize(..., int8=True)`` backend: its text tower is int8 (checked
+    by cosine to upstream, not by max abs diff) and its image tower is the fp32 backend's (not timed
+    twice)."""
+    return runtime.endswith("-int8")
 
 
 TWIN = "upstream-twin"  # the second upstream worker of the interference check (not a result row)
@@ -406,7 +383,10 @@ TWIN = "upstream-twin"  # the second upstream worker of the interference check (
 BUILDERS = {
     "upstream": "mobileclip2.benchmarking:build_upstream",
     "ours": "mobileclip2.benchmarking:build_ours",
-    "onnxruntime": "mobileclip2.benchmarking:build_onnxruntime",
+    **{
+        runtime: "mobileclip2.benchmarking:build_backend"
+        for runtime in ("onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
+    },
 }
 
 
@@ -578,35 +558,54 @@ def start_isolated(recipes: Sequence[Recipe], stack: Any) -> dict[str, IsolatedR
     return workers
 
 
-def check_outputs(outputs: dict[str, Any], limit: float = PARITY_LIMIT) -> dict[str, float]:
-    """Max abs diff of each runtime's output vs upstream's; a runtime beyond ``limit`` is an error
-    (a fast wrong answer is not a result)."""
+def check_outputs(
+    outputs: dict[str, Any], limit: float = PARITY_LIMIT, min_cosine: float = INT8_MIN_COSINE
+) -> dict[str, dict[str, float]]:
+    """Each runtime's output vs upstream's: ``{"max_abs_diff": ..., "min_cosine": ...}`` per runtime. A
+    runtime beyond ``limit`` (max abs diff; int8 runtimes, :func:`int8_text_runtime`: below
+    ``min_cosine``, the lowest per-row cosine) is an error: a fast wrong answer is not a result."""
     import numpy as np
 
     want = outputs["upstream"]
-    diffs = {runtime: float(np.abs(got - want).max()) for runtime, got in outputs.items()}
-    wrong = {runtime: diff for runtime, diff in diffs.items() if not diff <= limit}
+
+    def compared(got: Any) -> dict[str, float]:
+        dot = (got * want).sum(-1)
+        norms = np.linalg.norm(got, axis=-1) * np.linalg.norm(want, axis=-1)
+        cosine = float((dot / np.maximum(norms, 1e-12)).min())
+        return {"max_abs_diff": float(np.abs(got - want).max()), "min_cosine": cosine}
+
+    checks = {runtime: compared(got) for runtime, got in outputs.items()}
+
+    def failure(runtime: str, check: dict[str, float]) -> str | None:
+        if int8_text_runtime(runtime):
+            ok = check["min_cosine"] >= min_cosine
+            return None if ok else f"cosine {check['min_cosine']:.4f} < {min_cosine}"
+        ok = check["max_abs_diff"] <= limit
+        return None if ok else f"max abs diff {check['max_abs_diff']:.2e} > {limit:.0e}"
+
+    wrong = {runtime: why for runtime, check in checks.items() if (why := failure(runtime, check))}
     if wrong:
         raise BenchmarkWorkerError(
-            "outputs disagree with upstream's before timing (max abs diff "
-            + ", ".join(f"{runtime} {diff:.2e}" for runtime, diff in wrong.items())
-            + f", limit {limit:.0e}): fix that runtime first"
+            "outputs disagree with upstream's before timing ("
+            + ", ".join(f"{runtime}: {why}" for runtime, why in wrong.items())
+            + "): fix that runtime first"
         )
-    return diffs
+    return checks
 
 
 def benchmark_model(
     name: str,
     batches: tuple[int, ...] = (1,),
     towers: tuple[str, ...] = ("image", "text", "text-full"),
-    runtimes: tuple[str, ...] = ("upstream", "ours", "onnxruntime"),
+    runtimes: tuple[str, ...] = ("upstream", "ours", "onnxruntime", "openvino"),
     pretrained: str | None = None,
     rounds: Callable[[int], int] = lambda batch: 20 if batch == 1 else 6,
     log: Callable[[str], None] = print,
     threads: int | None = None,
     builders: dict[str, str] | None = None,
 ) -> list[Measurement]:
-    """Median latency and paired speedup of each runtime for each tower and batch size (CPU, fp32).
+    """Median latency and paired speedup of each runtime for each tower and batch size (CPU, fp32;
+    int8 runtimes on the text towers only).
 
     Each runtime runs in its own worker process (``threads`` torch / onnxruntime threads each;
     default: this process's torch thread count); ``builders`` maps a runtime name to a
@@ -635,9 +634,14 @@ def benchmark_model(
                 inputs = tower_inputs(model, batch)[tower]
                 encode = model.encode_image if tower == "image" else model.encode_text
                 flops = count_flops(encode, inputs)
-                outputs = {runtime: worker.prepare(tower, inputs) for runtime, worker in workers.items()}
-                diffs = check_outputs(outputs)
-                timers = {runtime: workers[runtime].time_call for runtime in runtimes}
+                timed = [r for r in runtimes if tower != "image" or not int8_text_runtime(r)]
+                outputs = {
+                    runtime: worker.prepare(tower, inputs)
+                    for runtime, worker in workers.items()
+                    if runtime in timed or runtime == TWIN
+                }
+                checks = check_outputs(outputs)
+                timers = {runtime: workers[runtime].time_call for runtime in timed}
                 rows = measure_group(
                     name,
                     tower,
@@ -648,15 +652,17 @@ def benchmark_model(
                     warmup=2 if batch == 1 else 1,
                     twin=workers[TWIN].time_call,
                 )
-                faults = {runtime: workers[runtime].page_faults() for runtime in runtimes}  # after timing
+                faults = {runtime: workers[runtime].page_faults() for runtime in timed}  # after timing
                 for row in rows:
-                    row.max_abs_diff = diffs[row.runtime]
+                    row.max_abs_diff = checks[row.runtime]["max_abs_diff"]
+                    row.min_cosine = checks[row.runtime]["min_cosine"]
                     row.page_faults = faults[row.runtime]
                 results += rows
                 log(
                     f"  {name} {tower} batch {batch}: "
                     + ", ".join(
-                        f"{r.runtime} {r.seconds * 1e3:.1f} ms ({r.speedup:.2f}x, diff {r.max_abs_diff:.0e})"
+                        f"{r.runtime} {r.seconds * 1e3:.1f} ms ({r.speedup:.2f}x, diff {r.max_abs_diff:.0e}, "
+                        f"cos {r.min_cosine:.4f})"
                         for r in rows
                     )
                     + f"; upstream alone vs among others {rows[0].interference:+.1%}"

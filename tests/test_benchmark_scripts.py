@@ -26,6 +26,8 @@ def documented_args(script, **changes) -> argparse.Namespace:
         towers=list(script.TOWERS),
         runtimes=list(script.CPU_RUNTIMES),
         batches=[1],
+        throughput_batch=script.THROUGHPUT_BATCH,
+        throughput_models=list(script.THROUGHPUT_MODELS),
         rounds=script.CPU_ROUNDS,
     )
     return argparse.Namespace(**{**scope, **changes})
@@ -40,3 +42,5 @@ def test_only_a_full_valid_cpu_run_replaces_the_docs_section(inference_script):
     assert hold(narrower, valid=True) == "not the documented scope (models, runtimes differ)"
     reordered = documented_args(inference_script, models=list(reversed(inference_script.CPU_MODELS)))
     assert hold(reordered, valid=True) is None  # the order of the names is not the scope
+    no_throughput = documented_args(inference_script, throughput_batch=0)
+    assert hold(no_throughput, valid=True) == "not the documented scope (throughput differ)"

@@ -32,7 +32,8 @@ def test_each_runtime_runs_in_its_own_process_in_the_paired_order(tmp_path):
         processes = [worker.process for worker in workers.values()]
         inputs = np.arange(6.0).reshape(2, 3)
         outputs = {name: worker.prepare("image", inputs) for name, worker in workers.items()}
-        assert bm.check_outputs(outputs) == dict.fromkeys(names, 0.0)
+        checks = bm.check_outputs(outputs)
+        assert {name: check["max_abs_diff"] for name, check in checks.items()} == dict.fromkeys(names, 0.0)
         log.write_text("")
         timers = {name: workers[name].time_call for name in names[:3]}
         rows = bm.measure_group(
@@ -100,8 +101,21 @@ def test_outputs_are_compared_with_upstreams_before_timing():
             [recipe("upstream", "build_double"), recipe("wrong", "build_wrong")], stack
         )
         outputs = {name: worker.prepare("text", np.ones((1, 4))) for name, worker in workers.items()}
-    with pytest.raises(BenchmarkWorkerError, match=r"wrong 1\.00e\+00"):
+    with pytest.raises(BenchmarkWorkerError, match=r"wrong: max abs diff 1\.00e\+00"):
         bm.check_outputs(outputs)
+
+
+def test_int8_runtimes_are_checked_by_cosine_and_fp32_runtimes_by_max_abs_diff():
+    """An int8 text tower is never within 1e-3 of fp32; what must hold is its direction. The same
+    output that passes as int8 fails as fp32, and an int8 output pointing elsewhere fails."""
+    want = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    close = want + np.array([[0.0, 0.05, 0.0], [0.0, 0.0, 0.05]])  # cosine 0.9988, diff 5e-2
+    checks = bm.check_outputs({"upstream": want, "openvino-int8": close})
+    assert checks["openvino-int8"]["min_cosine"] == pytest.approx(1 / np.sqrt(1 + 0.05**2))
+    with pytest.raises(BenchmarkWorkerError, match=r"openvino: max abs diff 5\.00e-02"):
+        bm.check_outputs({"upstream": want, "openvino": close})
+    with pytest.raises(BenchmarkWorkerError, match=r"onnxruntime-int8: cosine 0\.7071 < 0\.99"):
+        bm.check_outputs({"upstream": want, "onnxruntime-int8": want + np.array([[0, 1.0, 0], [0, 0, 0]])})
 
 
 def test_a_worker_error_is_a_clear_exception_and_no_worker_is_left_running():

@@ -105,6 +105,7 @@ def _workspace_inputs(root: Path, text: str) -> None:
     from PIL import Image
 
     import mobileclip2
+    from mobileclip2.export.calibration import builtin_calibration_captions
 
     rng = np.random.default_rng(0)
     shutil.copy(mobileclip2.EXAMPLE_IMAGE, root / "photo.jpg")
@@ -115,7 +116,10 @@ def _workspace_inputs(root: Path, text: str) -> None:
             pixels = np.clip(np.array(colour) + rng.normal(0, 25, (96, 128, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / "my_photos" / label / f"{i}.jpg")
             Image.fromarray(pixels).save(root / "photos" / f"{label}{i}.jpg")
-    captions = "a house on a hill\na blue sky\na photo of a dog\na city at night\n"
+    # a user's queries: short ones and, as deployment.md asks of int8 calibration, some as long as the context
+    captions = "a house on a hill\na blue sky\na photo of a dog\na city at night\n" + "\n".join(
+        builtin_calibration_captions()
+    )
     (root / "my_captions.txt").write_text(captions, encoding="utf-8")
     (root / "my_queries.txt").write_text(captions, encoding="utf-8")
     if "data/{00000..00001}.tar" in text:

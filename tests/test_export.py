@@ -20,6 +20,7 @@ from model_support import inputs, reference_model
 
 from mobileclip2 import cli
 from mobileclip2.errors import ExporterUnavailableError, ExportParityError
+from mobileclip2.export.calibration import evaluation_captions
 from mobileclip2.export.formats import DEFAULT_OPSET
 from mobileclip2.export.pipeline import export_loaded, export_model
 
@@ -183,7 +184,9 @@ def test_int8_without_calibration_data_warns_that_fidelity_is_unmeasured(tmp_pat
     assert config["precision"] == "int8" and config["calibration"]["synthetic"] == ["image", "text"]
     assert config["fidelity"]["synthetic_inputs"] == ["image", "text"]
     assert "zero_shot_top1_agreement" not in config["fidelity"]  # no labels without real data
-    assert config["fidelity"]["text"]["captions"]["count"] == 50  # the built-in captions, evaluated anyway
+    assert config["fidelity"]["text"]["captions"]["count"] == len(
+        evaluation_captions()
+    )  # the built-in captions, evaluated anyway
 
 
 _KILL_SCRIPT = """
@@ -338,4 +341,4 @@ def test_tiny_coreml_export_passes_the_structure_check(tmp_path):
     assert config["image"]["precision"] == config["text"]["precision"] == "fp16"
     assert result.image.structure["weights"] == "float16" and "softmax" in result.text.structure["op_types"]
     check = config["text"]["fp16_check"]
-    assert check["safe"] and check["inputs"] == 50 and check["cosine_min"] >= 0.999
+    assert check["safe"] and check["inputs"] == len(evaluation_captions()) and check["cosine_min"] >= 0.999

@@ -20,6 +20,7 @@ import torch
 from export_support import write_calibration_set
 from model_support import inputs, reference_model
 
+from mobileclip2.export.calibration import evaluation_captions
 from mobileclip2.export.pipeline import export_loaded
 
 # Minutes-long ExecuTorch lowering of the real towers; tiny ones: test_export.py.
@@ -133,7 +134,9 @@ def _check_int8(name, reference, format, calibration, tmp_path_factory):
             assert INT8_MIN_COSINE <= summary["min"] <= summary["mean"] <= 1.0 + 1e-6, (tower, split)
         assert config[tower]["precision"] == "int8" and config[tower]["int8"]["weights"].startswith("int8")
     assert fidelity["image"]["held_out"]["count"] == 1 and fidelity["text"]["held_out"]["count"] == 1
-    assert fidelity["text"]["captions"]["count"] == 50  # the built-in evaluation captions
+    assert fidelity["text"]["captions"]["count"] == len(
+        evaluation_captions()
+    )  # the built-in evaluation captions
     if format == "executorch":  # the recipe per tower (mobileclip2.export.executorch.INT8_RECIPES)
         assert "dynamic" in config["text"]["int8"]["activations"]
         assert config["image"]["int8"]["quantized_ops"] == ["linear", "conv2d"]

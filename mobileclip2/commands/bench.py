@@ -1,4 +1,4 @@
-"""`mobileclip2 bench NAME`: speed of upstream eager, mobileclip2.optimize and onnxruntime, one model.
+"""`mobileclip2 bench NAME`: speed of upstream eager and mobileclip2.optimize's backends, one model.
 
 A quick, single-model version of benchmarks/inference.py (which runs the documented comparison
 across models and writes docs/benchmarks.md), with the same method (mobileclip2.benchmarking):
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "Time one model's towers: upstream open_clip+timm vs mobileclip2.optimize vs onnxruntime."
-RUNTIMES = ("upstream", "ours", "onnxruntime")
+HELP = "Time one model's towers: upstream open_clip+timm vs mobileclip2.optimize and its CPU backends."
+RUNTIMES = ("upstream", "ours", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
+DEFAULT_RUNTIMES = ("upstream", "ours", "onnxruntime")
 TOWERS = ("image", "text", "text-full")
 
 
@@ -32,21 +33,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--runtimes",
         nargs="+",
         choices=RUNTIMES,
-        default=list(RUNTIMES),
-        help="what to compare (default all; upstream is always included: ratios are against it)",
+        default=list(DEFAULT_RUNTIMES),
+        help="what to compare: ours = optimize(model); onnxruntime / openvino = "
+        "optimize(model, backend=...); -int8 = with int8=True, timed on text only (default: %(default)s; "
+        "upstream is always included: ratios are against it; openvino needs mobileclip2[openvino])",
     )
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds per runtime (default 10)")
 
 
 def format_rows(results) -> str:
     lines = [
-        f"{'tower':<9} {'batch':>5} {'runtime':<12} {'median ms':>10} {'GFLOP/s':>8} "
+        f"{'tower':<9} {'batch':>5} {'runtime':<16} {'median ms':>10} {'GFLOP/s':>8} "
         f"{'vs upstream':>11}  check"
     ]
     for r in results:
         check = "ok" if r.valid else f"INVALID ({r.interference:+.0%} upstream drift)"
         lines.append(
-            f"{r.tower:<9} {r.batch:>5} {r.runtime:<12} {r.seconds * 1e3:>10.1f} {r.gflops_per_s:>8.1f} "
+            f"{r.tower:<9} {r.batch:>5} {r.runtime:<16} {r.seconds * 1e3:>10.1f} {r.gflops_per_s:>8.1f} "
             f"{r.speedup:>10.2f}x  {check}"
         )
     return "\n".join(lines)

@@ -336,7 +336,7 @@ def _fidelity(data, modules, runners, spec, towers, names, min_cosine, min_agree
     for tower in TOWERS:
         tower_report: dict[str, Any] = {"calibration": None, "held_out": None}  # None: an empty set
         for name, rows in data.evaluation(tower).items():
-            tower_report[name] = calib.cosine_summary(*both(tower, rows))
+            tower_report[name] = calib.cosine_summary(*both(tower, rows), rows if tower == "text" else None)
         towers[tower].fidelity = tower_report
         report[tower] = tower_report
     if data.labels:

@@ -70,7 +70,7 @@ BACKENDS = {"onnxruntime": "onnx", "openvino": "openvino"}
 """Runtime backends of ``optimize`` -> the export format whose module writes and loads their graphs
 (and whose :class:`~mobileclip2.export.formats.FormatSpec` row names the extra to install)."""
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 """Part of the cache key: raise it when the way graphs are built changes what they compute."""
 
 CACHE_ENV = "MOBILECLIP2_CACHE"
