@@ -288,7 +288,7 @@ def run_cpu(args) -> int:
     print(f"copy bandwidth: {bandwidth_before:.1f} GB/s", flush=True)
 
     def rounds(batch: int) -> int:
-        return (args.rounds if batch == 1 else max(3, args.rounds // 4)) if not args.quick else 4
+        return (args.rounds if batch == 1 else max(3, args.rounds // 2)) if not args.quick else 4
 
     all_batches = sorted({b for name in args.models for b in batches_for(args, name)})
     results: list[bm.Measurement] = []
